@@ -1,0 +1,273 @@
+"""BioTuneSampler: BioTune's evolutionary search as an Optuna sampler.
+
+How a trial gets its genome (DESIGN.md, "Sampler" contracts):
+
+1. ``before_trial`` writes the trial's slot record (ONE trial system attribute,
+   :data:`SLOT_ATTR`) as ``waiting``, then waits until every lower-numbered RUNNING trial has
+   claimed a slot (a predecessor whose record has not been refreshed for ``claim_timeout``
+   seconds — its worker died — stops blocking).
+2. It replays the search from the finished trials (:func:`search_state`) and claims the lowest
+   slot of the open generation that no COMPLETE or RUNNING trial holds, writing the whole
+   proposal (generation, slot, role, parents, genome, fold) into the same attribute.
+3. If every slot of the open generation is held, it waits with backoff (and says so) until
+   the generation closes; it never evaluates a slot twice. A slot whose trial FAILED is free
+   again, up to ``max_retries`` times; then it counts with the worst fitness (and a warning).
+4. ``sample_relative`` returns the claimed genome as params ``gene_<block>`` / ``threshold``.
+
+Trial numbers are handed out by the storage in one serialised order, so "wait for every lower
+number, then take the lowest free slot" gives each slot to exactly one live trial.
+
+When the search is finished, a new trial records ``finished``, asks ``study.stop()`` and is
+pruned at its first ``suggest`` call.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, FloatDistribution
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.trial import FrozenTrial, TrialState
+
+from biotune_optuna.genome import param_names, params_from_genome
+from biotune_optuna.sampler._generations import WORST_FITNESS, GAConfig, SearchState, search_state
+
+_logger = logging.getLogger(__name__)
+
+#: The trial system attribute that holds a trial's slot record.
+SLOT_ATTR = "biotune:slot"
+
+
+def fold_of_generation(generation: int, n_folds: int) -> int:
+    """The data fold a generation is evaluated on (spec §5.1).
+
+    The initial population (generation 0) and the first generation use fold 0; generation
+    g ≥ 1 uses fold ``(g − 1) mod n_folds`` (spec: "init + gen 0 → fold 0, gen 1 → fold 1").
+    """
+    return max(0, generation - 1) % max(1, n_folds)
+
+
+def slot_record(trial: optuna.trial.BaseTrial | FrozenTrial) -> dict | None:
+    """The slot record of a trial (a dict with ``state`` ``"claimed"``, ``"waiting"`` or
+    ``"finished"``), or None for a trial BioTuneSampler did not handle (e.g. enqueued)."""
+    if isinstance(trial, FrozenTrial):
+        return trial.system_attrs.get(SLOT_ATTR)
+    return trial.study._storage.get_trial_system_attrs(trial._trial_id).get(SLOT_ATTR)
+
+
+class BioTuneSampler(BaseSampler):
+    """Evolutionary freeze / learning-rate search of BioTune (spec/biotune-algorithm.md §7).
+
+    Proposes whole genomes over the params ``gene_<block>`` and ``threshold`` (each
+    ``FloatDistribution(0, 1)``). Proposals are a pure function of (seed, generation, slot,
+    finished results of earlier generations): the same study gives the same genomes whatever
+    the number of workers, their speed and the order in which trials finish. Works in a plain
+    ``study.optimize`` (also with ``n_jobs > 1``) and with many processes on one storage.
+
+    The objective's value is read as fitness Φ = 1 − value in a maximised study (a validation
+    accuracy in [0, 1]) and Φ = value in a minimised one (a loss ≥ 0).
+
+    Args:
+        blocks: block names, input side first (B ≥ 1).
+        population_size: P ≥ 2 (paper 10).
+        n_elites: E, 0 ≤ E < P (paper 3).
+        n_generations: G ≥ 0 (paper 10). The search has P + G·(P + E) slots.
+        seed: sampler seed, ≥ 0.
+        mode: ``"batched"`` (parallel, default) or ``"reference"`` (spec §7.10 sequential
+            semantics); see :mod:`biotune_optuna.sampler._generations`.
+        n_folds: number of data folds; the slot record carries ``fold_of_generation``.
+        max_retries: times a FAILED slot is handed out again before it counts as worst.
+        claim_timeout: seconds after which an unrefreshed waiting/unclaimed trial stops
+            blocking later trials (its worker is presumed dead).
+        poll_interval, max_poll_interval: backoff bounds (seconds) while waiting.
+
+    Raises:
+        ValueError: on sizes outside the ranges above.
+
+    Example:
+        >>> import optuna
+        >>> sampler = BioTuneSampler(["a", "b"], population_size=3, n_elites=1, n_generations=1)
+        >>> study = optuna.create_study(direction="maximize", sampler=sampler)
+        >>> study.optimize(lambda t: t.suggest_float("gene_a", 0, 1), n_trials=7)
+        >>> len(study.trials)
+        7
+    """
+
+    def __init__(
+        self,
+        blocks: Sequence[str],
+        *,
+        population_size: int = 10,
+        n_elites: int = 3,
+        n_generations: int = 10,
+        seed: int = 0,
+        mode: str = "batched",
+        n_folds: int = 1,
+        max_retries: int = 2,
+        claim_timeout: float = 120.0,
+        poll_interval: float = 0.2,
+        max_poll_interval: float = 10.0,
+    ) -> None:
+        self.blocks = tuple(blocks)
+        self.config = GAConfig(len(self.blocks), population_size, n_elites, n_generations, seed, mode)
+        if n_folds < 1:
+            raise ValueError(f"n_folds must be ≥ 1, got {n_folds}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be ≥ 0, got {max_retries}")
+        self.n_folds = n_folds
+        self.max_retries = max_retries
+        self.claim_timeout = claim_timeout
+        self.poll_interval = poll_interval
+        self.max_poll_interval = max_poll_interval
+        self._space = {name: FloatDistribution(0.0, 1.0) for name in param_names(self.blocks)}
+        self._claims: dict[int, dict] = {}
+        self._cache: dict = {}
+        self._warned: set[tuple[int, int]] = set()
+        self._lock = threading.Lock()
+        self._fallback = RandomSampler(seed=seed)
+
+    # ---------------------------------------------------------------- state from storage
+    def _fitness(self, study: optuna.Study, value: float) -> float:
+        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        return 1.0 - value if maximize else value
+
+    def _tally(self, study: optuna.Study, trials: Sequence[FrozenTrial]) -> tuple[SearchState, set, dict]:
+        results: dict[tuple[int, int], float] = {}
+        held: set[tuple[int, int]] = set()
+        failures: Counter = Counter()
+        for t in sorted(trials, key=lambda t: t.number):
+            rec = t.system_attrs.get(SLOT_ATTR)
+            if not rec or rec.get("state") != "claimed":
+                continue
+            key = (rec["generation"], rec["slot"])
+            if t.state == TrialState.COMPLETE and t.value is not None:
+                results.setdefault(key, self._fitness(study, t.value))
+            elif t.state == TrialState.PRUNED:
+                results.setdefault(key, WORST_FITNESS)
+            elif t.state == TrialState.RUNNING:
+                held.add(key)
+            elif t.state == TrialState.FAIL:
+                failures[key] += 1
+        for key, n in failures.items():
+            if key not in results and key not in held and n > self.max_retries:
+                if key not in self._warned:
+                    self._warned.add(key)
+                    _logger.warning(
+                        "slot %s of generation %s failed %d times: counted with the worst fitness", key[1], key[0], n
+                    )
+                results[key] = WORST_FITNESS
+        state = search_state(self.config, results, self._cache)
+        return state, held | set(results), dict(failures)
+
+    def search_state(self, study: optuna.Study) -> SearchState:
+        """Replay the study's finished trials and return where the search stands."""
+        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        with self._lock:
+            return self._tally(study, trials)[0]
+
+    # ---------------------------------------------------------------- Optuna API
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return dict(self._space)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        rec = self._claims.get(trial._trial_id)
+        if rec is None:
+            rec = study._storage.get_trial_system_attrs(trial._trial_id).get(SLOT_ATTR)
+        if rec is None:
+            return {}  # not ours (enqueued trial): fall back to sample_independent
+        if rec["state"] == "finished":
+            raise optuna.TrialPruned("the BioTune search is finished: no slot left for this trial")
+        params = params_from_genome(rec["genome"], self.blocks)
+        return {k: v for k, v in params.items() if k in search_space}
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        if param_name not in self._space:
+            _logger.warning("param %r is not part of the BioTune genome: sampled uniformly", param_name)
+        return self._fallback.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:  # noqa: ANN001 - Optuna's signature
+        self._claims.pop(trial._trial_id, None)
+
+    def reseed_rng(self) -> None:
+        self._fallback.reseed_rng()
+
+    # ---------------------------------------------------------------- slot claims
+    def _blocks_later_trials(self, t: FrozenTrial, now: float) -> bool:
+        if t.state != TrialState.RUNNING:
+            return False
+        rec = t.system_attrs.get(SLOT_ATTR)
+        if rec is None:
+            if "fixed_params" in t.system_attrs:
+                return False
+            age = (datetime.now() - t.datetime_start).total_seconds() if t.datetime_start else 0.0
+            return age < self.claim_timeout
+        return rec["state"] == "waiting" and now - rec["at"] < self.claim_timeout
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if "fixed_params" in trial.system_attrs:
+            return  # an enqueued trial: evaluated as given, outside the generations
+        storage, trial_id = study._storage, trial._trial_id
+        storage.set_trial_system_attr(trial_id, SLOT_ATTR, {"state": "waiting", "at": time.time()})
+        delay, refreshed, told = self.poll_interval, time.time(), 0.0
+        while True:
+            now = time.time()
+            trials = storage.get_all_trials(study._study_id, deepcopy=False)
+            earlier_waiting = any(
+                t.number < trial.number and self._blocks_later_trials(t, now) for t in trials
+            )
+            if not earlier_waiting:
+                with self._lock:
+                    state, taken, _ = self._tally(study, [t for t in trials if t._trial_id != trial_id])
+                if state.finished:
+                    storage.set_trial_system_attr(trial_id, SLOT_ATTR, {"state": "finished"})
+                    self._claims[trial_id] = {"state": "finished"}
+                    try:
+                        study.stop()
+                    except RuntimeError:
+                        pass  # not inside optimize(): the trial is pruned at its first suggest
+                    return
+                free = [p for p in state.proposals if p is not None and (p.generation, p.slot) not in taken]
+                if free:
+                    self._claim(study, trial_id, free[0])
+                    return
+                if now - told > 30.0:
+                    _logger.info(
+                        "trial %d waits: generation %d has no free slot until running trials finish",
+                        trial.number,
+                        state.generation,
+                    )
+                    told = now
+            if now - refreshed > self.claim_timeout / 4:
+                storage.set_trial_system_attr(trial_id, SLOT_ATTR, {"state": "waiting", "at": now})
+                refreshed = now
+                if storage.is_heartbeat_enabled():
+                    storage.record_heartbeat(trial_id)
+            time.sleep(delay)
+            delay = min(delay * 1.5, self.max_poll_interval)
+
+    def _claim(self, study: optuna.Study, trial_id: int, proposal) -> None:  # noqa: ANN001
+        record = {
+            "state": "claimed",
+            "generation": proposal.generation,
+            "slot": proposal.slot,
+            "role": proposal.role,
+            "parents": [list(p) for p in proposal.parents],
+            "genome": list(proposal.genome),
+            "fold": fold_of_generation(proposal.generation, self.n_folds),
+        }
+        study._storage.set_trial_system_attr(trial_id, SLOT_ATTR, record)
+        self._claims[trial_id] = record
+        # Readable copies for people (dashboard, status); bookkeeping uses the record alone.
+        for key in ("generation", "slot", "role", "fold"):
+            study._storage.set_trial_user_attr(trial_id, key, record[key])
