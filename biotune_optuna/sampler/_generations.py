@@ -149,12 +149,14 @@ class SearchState:
         proposals: the open generation's slots; None for a slot that cannot be proposed yet
             (reference mode, waiting on earlier slots).
         finished: True when generation G is closed.
+        resolved: slots with a result (done, or given up as worst), all generations.
     """
 
     populations: list[Population]
     generation: int
     proposals: list[Proposal | None] = field(default_factory=list)
     finished: bool = False
+    resolved: int = 0
 
     @property
     def best(self) -> Member | None:
@@ -300,8 +302,8 @@ def search_state(config: GAConfig, results: Results, cache: dict | None = None) 
         else:
             proposals, members = _proposals(config, generation, populations[-1], done)
         if members is None:
-            return SearchState(populations, generation, proposals)
+            return SearchState(populations, generation, proposals, resolved=len(results))
         population = _close(config, generation, members, populations[-1] if populations else None)
         cache[generation] = population
         populations.append(population)
-    return SearchState(populations, config.n_generations + 1, [], finished=True)
+    return SearchState(populations, config.n_generations + 1, [], finished=True, resolved=len(results))
