@@ -172,6 +172,14 @@ class BioTuneSampler(BaseSampler):
         with self._lock:
             return self._tally(study, trials)[0]
 
+    def free_slots(self, study: optuna.Study) -> list:
+        """Proposals of the open generation that no COMPLETE or RUNNING trial holds (and that
+        are not given up), in slot order — what the next trial would be offered."""
+        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        with self._lock:
+            state, taken, _ = self._tally(study, trials)
+        return [p for p in state.proposals if p is not None and (p.generation, p.slot) not in taken]
+
     # ---------------------------------------------------------------- Optuna API
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return dict(self._space)

@@ -1,0 +1,4 @@
+from biotune_optuna.cli import main
+import sys
+
+sys.exit(main())

@@ -1,0 +1,108 @@
+"""Trial ⇄ training: decode a trial's genome, fine-tune once per seed, report, return fitness.
+
+A pure function of (genome, fold, seeds, config): nothing is shared between trials but the
+read-only dataset in memory; best weights stay in memory (DESIGN.md, "Objective and worker").
+The value returned is the mean over seeds of the best validation macro accuracy (spec §6; the
+study maximises it, the sampler reads Φ = 1 − value).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+
+import optuna
+
+from biotune_optuna.backbones import Backbone, load_backbone
+from biotune_optuna.data import Splits, fold_split
+from biotune_optuna.genome import decode, param_names
+from biotune_optuna.sampler import slot_record
+from biotune_optuna.study import StudyConfig
+from biotune_optuna.training import TrainResult, fine_tune, seed_everything
+
+
+def build_backbone(config: StudyConfig, seed: int) -> Backbone:
+    """A fresh pretrained model with a new head, seeded as spec §4 says (seed, then build)."""
+    seed_everything(seed)
+    return load_backbone(config.model, len(config.classes), weights_file=config.weights_file)
+
+
+def train_plan(
+    config: StudyConfig,
+    lr_by_block: dict[str, float],
+    train,
+    val,
+    seed: int,
+    device: str = "auto",
+    on_epoch: Callable[[int, float, float], None] | None = None,
+) -> tuple[Backbone, TrainResult]:
+    """One fine-tune of a fresh model with the given per-block learning rates.
+
+    Returns:
+        (the backbone, now holding its best-epoch weights; the training result).
+    """
+    backbone = build_backbone(config, seed)
+    return backbone, fine_tune(backbone, lr_by_block, train, val, config.recipe, seed, device, on_epoch)
+
+
+class Objective:
+    """The Optuna objective of a BioTune study.
+
+    Args:
+        config: the study's config.
+        splits: the loaded dataset (must match ``config.dataset_fingerprint``).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``…
+        on_epoch: optional progress hook ``(trial_number, seed_index, epoch, val_acc)``.
+
+    Returns (when called with a trial):
+        Mean validation macro accuracy over ``config.seeds``, in [0, 1]; 0.0 without training
+        for a genome that fine-tunes no block (spec §3.1).
+
+    Raises:
+        ValueError: if ``splits`` is not the dataset the study was made with.
+    """
+
+    def __init__(
+        self,
+        config: StudyConfig,
+        splits: Splits,
+        device: str = "auto",
+        on_epoch: Callable[[int, int, int, float], None] | None = None,
+    ) -> None:
+        if splits.fingerprint != config.dataset_fingerprint:
+            raise ValueError("the dataset differs from the one the study was made with (fingerprint mismatch)")
+        self.config = config
+        self.splits = splits
+        self.device = device
+        self.on_epoch = on_epoch
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        cfg = self.config
+        genome = [trial.suggest_float(name, 0.0, 1.0) for name in param_names(cfg.blocks)]
+        record = slot_record(trial)
+        fold = record["fold"] if record and record.get("state") == "claimed" else 0
+        plan = decode(genome, cfg.blocks, cfg.recipe.base_lr)
+        trial.set_user_attr("fold", fold)
+        trial.set_user_attr("trainable_blocks", plan.trainable_blocks)
+        trial.set_user_attr("lr_by_block", {b: float(f"{lr:.3g}") for b, lr in plan.lr_by_block.items()})
+        if plan.is_empty:
+            trial.set_user_attr("skipped", "no block is fine-tuned (every gene ≤ threshold)")
+            trial.set_user_attr("trainable_fraction", 0.0)
+            return 0.0
+        train, val = fold_split(self.splits, fold, cfg.n_folds)
+        accuracies, epochs = [], []
+        for i, seed in enumerate(cfg.seeds):
+            step0 = i * cfg.recipe.max_epochs
+
+            def report(epoch: int, acc: float, loss: float, i: int = i, step0: int = step0) -> None:
+                trial.report(acc, step0 + epoch - 1)
+                if self.on_epoch is not None:
+                    self.on_epoch(trial.number, i, epoch, acc)
+
+            _, result = train_plan(cfg, plan.lr_by_block, train, val, seed, self.device, report)
+            accuracies.append(result.best_accuracy)
+            epochs.append(result.best_epoch)
+            trial.set_user_attr("trainable_fraction", round(result.trainable_fraction, 6))
+        trial.set_user_attr("seed_accuracies", [round(a, 6) for a in accuracies])
+        trial.set_user_attr("best_epochs", epochs)
+        return statistics.fmean(accuracies)

@@ -1,0 +1,254 @@
+"""Study configuration, storage, and creating / opening a BioTune study.
+
+The whole configuration of a search (model, weights, dataset and its fingerprint, training
+recipe, folds, seeds, P/E/G, sampler seed) lives in the study's user attribute
+:data:`CONFIG_ATTR`, so a worker needs nothing but the storage URL and the study name
+(DESIGN.md, flow step 1). On one machine the storage defaults to an SQLite file; sharing a
+study across machines uses PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import optuna
+import sqlalchemy.exc
+from sqlalchemy.engine import make_url
+
+from biotune_optuna.data import DatasetSpec
+from biotune_optuna.sampler import BioTuneSampler, GAConfig
+from biotune_optuna.training import Recipe
+
+_logger = logging.getLogger(__name__)
+
+CONFIG_ATTR = "biotune_config"
+#: Version of the stored config layout; a worker refuses a study of another version.
+CONFIG_VERSION = 1
+
+#: Seeds of the reference (spec §4): one independent fine-tune per seed, the same for every genome.
+PAPER_SEEDS = (684, 559, 629)
+
+#: Datasets with more files than this keep only their fingerprint in the study (the dashboard
+#: reloads user attributes often: keep them small).
+MAX_LISTED_FILES = 200
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem (bad sizes, a study made with another config)."""
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything a worker needs to evaluate trials of a study.
+
+    Attributes:
+        model: backbone name (``biotune_optuna.backbones.available_models()``).
+        weights_file: explicit weights file, or None for the default location.
+        weights_sha256: fingerprint of the weights file ("" for random init).
+        dataset: the dataset spec.
+        dataset_fingerprint: sha256 of the dataset's files and spec.
+        dataset_files: file name → sha256 of the dataset's files, so a worker whose data differ
+            can say which file (empty when there are more than :data:`MAX_LISTED_FILES`).
+        classes: class names, in label order.
+        blocks: block names of the model, input side first.
+        recipe: training recipe.
+        seeds: fine-tuning seeds per evaluation (fitness = mean over them, spec §6).
+        n_folds: data folds rotated by generation (spec §5.1).
+        population_size, n_elites, n_generations, sampler_seed, mode: the search (spec §7).
+        max_retries: re-evaluations of a failed slot before it counts as worst.
+        baselines: methods retrained next to BioTune in the final report.
+    """
+
+    model: str
+    dataset: DatasetSpec
+    blocks: tuple[str, ...]
+    classes: tuple[str, ...]
+    dataset_fingerprint: str
+    dataset_files: Mapping[str, str] = field(default_factory=dict)
+    weights_file: str | None = None
+    weights_sha256: str = ""
+    recipe: Recipe = field(default_factory=Recipe)
+    seeds: tuple[int, ...] = PAPER_SEEDS
+    n_folds: int = 2
+    population_size: int = 10
+    n_elites: int = 3
+    n_generations: int = 10
+    sampler_seed: int = 0
+    mode: str = "batched"
+    max_retries: int = 2
+    baselines: tuple[str, ...] = ("full", "linear")
+
+    def __post_init__(self) -> None:
+        try:
+            GAConfig(len(self.blocks), self.population_size, self.n_elites, self.n_generations, self.sampler_seed, self.mode)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if not self.seeds:
+            raise ConfigError("at least one seed is needed")
+        if self.n_folds < 1:
+            raise ConfigError(f"folds must be ≥ 1, got {self.n_folds}")
+        if self.max_retries < 0:
+            raise ConfigError(f"max retries must be ≥ 0, got {self.max_retries}")
+
+    @property
+    def n_evaluations(self) -> int:
+        """Slots of the search: P + G·(P + E) (spec §7.14)."""
+        return self.population_size + self.n_generations * (self.population_size + self.n_elites)
+
+    def sampler(self, **overrides) -> BioTuneSampler:
+        """The :class:`BioTuneSampler` of this study (overrides: timing knobs such as ``poll_interval``)."""
+        return BioTuneSampler(
+            self.blocks,
+            population_size=self.population_size,
+            n_elites=self.n_elites,
+            n_generations=self.n_generations,
+            seed=self.sampler_seed,
+            mode=self.mode,
+            n_folds=self.n_folds,
+            max_retries=self.max_retries,
+            **overrides,
+        )
+
+    def to_dict(self) -> dict:
+        """JSON-safe dict, with ``version``."""
+        d = asdict(self)
+        d["dataset"] = self.dataset.to_dict()
+        d["dataset_files"] = dict(self.dataset_files)
+        d["recipe"] = self.recipe.to_dict()
+        d["version"] = CONFIG_VERSION
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> StudyConfig:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ConfigError: for a config of another version or with unknown fields.
+        """
+        d = dict(d)
+        version = d.pop("version", None)
+        if version != CONFIG_VERSION:
+            raise ConfigError(f"the study was made by a config version {version}; this biotune-optuna reads version {CONFIG_VERSION}")
+        try:
+            d["dataset"] = DatasetSpec.from_dict(d["dataset"])
+            d["recipe"] = Recipe.from_dict(d["recipe"])
+            for key in ("blocks", "classes", "seeds", "baselines"):
+                d[key] = tuple(d[key])
+            return cls(**d)
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"the study's stored config is not one this version understands ({e})") from None
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***`` — the only form of a URL that is logged."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy can parse: show nothing of it
+        return "<storage URL>"
+
+
+def _password(url: str) -> str | None:
+    try:
+        return make_url(url).password
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def default_storage(directory: str | Path) -> str:
+    """The embedded default: an SQLite file ``study.db`` in ``directory`` (created if needed)."""
+    path = Path(directory).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path / 'study.db'}"
+
+
+def open_storage(
+    url: str, *, create_tables: bool = False, heartbeat_interval: int | None = None, grace_period: int | None = None
+) -> optuna.storages.RDBStorage:
+    """Open an RDB storage.
+
+    Workers open it with ``create_tables=False`` (the schema is created once, by ``create`` /
+    ``run``), so many workers starting together never race on schema creation.
+    PostgreSQL connections are pinged before use (``pool_pre_ping``). ``heartbeat_interval`` and
+    ``grace_period`` (seconds) turn on Optuna's heartbeats for trials run by ``optimize``.
+
+    Raises:
+        ConfigError: if the database cannot be reached or has no Optuna schema; the message
+            carries the URL with its password hidden.
+    """
+    kwargs = {"pool_pre_ping": True} if not url.startswith("sqlite") else {}
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=kwargs,
+            skip_table_creation=not create_tables,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+        )
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
+        reason = (str(getattr(e, "orig", None) or e).strip().splitlines() or ["unknown error"])[-1]
+        password = _password(url)
+        if password:
+            reason = reason.replace(password, "***")
+        raise ConfigError(f"cannot open storage {redact(url)}: {reason}") from None
+
+
+def load_config(study: optuna.Study) -> StudyConfig:
+    """The config stored in ``study``.
+
+    Raises:
+        ConfigError: if the study is not a BioTune study.
+    """
+    raw = study.user_attrs.get(CONFIG_ATTR)
+    if raw is None:
+        raise ConfigError(f"study {study.study_name!r} has no BioTune config: it was not made by biotune-optuna")
+    return StudyConfig.from_dict(raw)
+
+
+def create_or_resume(storage: optuna.storages.BaseStorage, name: str, config: StudyConfig) -> tuple[optuna.Study, bool]:
+    """Create the study with ``config``, or open it if it exists with the same config.
+
+    Returns:
+        (study, resumed): ``resumed`` is True when the study already existed.
+
+    Raises:
+        ConfigError: if a study of that name exists with a different config (it is left as is).
+    """
+    wanted = json.loads(json.dumps(config.to_dict()))  # as stored: tuples become lists
+    try:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=config.sampler())
+    except KeyError:
+        study = None
+    if study is not None:
+        stored = study.user_attrs.get(CONFIG_ATTR)
+        if stored != wanted:
+            diff = sorted(k for k in set(wanted) | set(stored or {}) if (stored or {}).get(k) != wanted.get(k))
+            raise ConfigError(
+                f"study {name!r} already exists with another config (differs in: {', '.join(diff)}); "
+                "choose another --study-name or repeat the original options"
+            )
+        return study, True
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=config.sampler())
+    try:
+        study.set_user_attr(CONFIG_ATTR, wanted)
+        study.set_metric_names(["val_macro_accuracy"])
+    except Exception:
+        optuna.delete_study(study_name=name, storage=storage)  # never leave a half-made study
+        raise
+    return study, False
+
+
+def fail_orphaned_trials(study: optuna.Study) -> int:
+    """Mark RUNNING trials FAIL — only for a storage whose every worker is this process
+    (``run`` on the embedded default), where a RUNNING trial at start-up was left by a killed
+    run. Their slots are then handed out again. Returns how many were failed."""
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        n += 1
+    if n:
+        _logger.warning("%d trial(s) left RUNNING by an interrupted run marked FAIL; their slots will be redone", n)
+    return n

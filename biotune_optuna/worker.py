@@ -1,0 +1,185 @@
+"""The worker loop: evaluate trials of a shared study until its search is finished.
+
+A worker needs only the storage URL and the study name: everything else comes from the
+study's stored config (DESIGN.md, flow step 2). It
+
+* opens the storage without creating tables (the schema is made once, by ``create``), retrying
+  with backoff while the database or the study does not exist yet;
+* refuses to run when its dataset files or weights differ from the study's, naming the file;
+* evaluates one trial at a time through ``Study.optimize`` (heartbeats on), reaps stale trials
+  of dead workers, and waits with backoff when the open generation has no free slot;
+* survives a trial reaped as stale while it still runs (Optuna 5.0 raises
+  ``AssertionError: Should not reach.``), and a database outage (it reconnects);
+* on SIGTERM / SIGINT fails the current trial cleanly (its slot is handed out again) and
+  returns normally.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+import optuna
+import sqlalchemy.exc
+
+from biotune_optuna.backbones import weights_fingerprint
+from biotune_optuna.data import Splits, load_dataset
+from biotune_optuna.study import ConfigError, StudyConfig, load_config, open_storage, redact
+
+_logger = logging.getLogger(__name__)
+
+
+def connect(
+    url: str, *, heartbeat_interval: int = 10, grace_period: int = 300, wait_seconds: float = 300.0
+) -> optuna.storages.RDBStorage:
+    """Open ``url`` (no table creation, heartbeats on), retrying with backoff.
+
+    Raises:
+        ConfigError: if the database stays unreachable (or without an Optuna schema) for
+            ``wait_seconds``; the message hides the password.
+    """
+    deadline, delay = time.monotonic() + wait_seconds, 1.0
+    while True:
+        try:
+            return open_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+        except ConfigError as e:
+            if time.monotonic() + delay > deadline:
+                raise
+            _logger.warning("%s; retrying in %.0f s", e, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+def wait_for_study(storage: optuna.storages.BaseStorage, name: str, wait_seconds: float = 300.0) -> optuna.Study:
+    """Load study ``name`` once it exists and carries its config, waiting with backoff.
+
+    Raises:
+        ConfigError: if it does not appear within ``wait_seconds``.
+    """
+    deadline, delay, told = time.monotonic() + wait_seconds, 0.5, False
+    while True:
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+            load_config(study)
+            return study
+        except (KeyError, ConfigError, sqlalchemy.exc.SQLAlchemyError) as e:
+            if time.monotonic() + delay > deadline:
+                raise ConfigError(f"study {name!r} did not appear within {wait_seconds:.0f} s ({e})") from None
+            if not told:
+                _logger.info("waiting for study %r to be created…", name)
+                told = True
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def check_fingerprints(config: StudyConfig, splits: Splits) -> None:
+    """Refuse to work on data or weights other than the study's.
+
+    Raises:
+        ConfigError: naming the dataset files (or the weights file) that differ.
+    """
+    if splits.fingerprint != config.dataset_fingerprint:
+        stored = config.dataset_files
+        differ = sorted(f for f in set(stored) | set(splits.files) if stored.get(f) != splits.files.get(f))
+        named = ", ".join(differ[:5]) + (" …" if len(differ) > 5 else "") if differ else "the split settings"
+        raise ConfigError(f"this worker's dataset differs from the study's: {named}")
+    if config.weights_sha256 and weights_fingerprint(config.model, config.weights_file) != config.weights_sha256:
+        raise ConfigError(f"this worker's weights for {config.model} differ from the study's (sha256 mismatch)")
+
+
+class _Stop(Exception):
+    pass
+
+
+def run_worker(
+    url: str,
+    study_name: str,
+    *,
+    device: str = "auto",
+    max_trials: int | None = None,
+    heartbeat_interval: int = 10,
+    grace_period: int = 300,
+    wait_seconds: float = 300.0,
+    objective_factory: Callable[[StudyConfig, Splits, str], Callable] | None = None,
+) -> int:
+    """Evaluate trials of ``study_name`` until the search is finished (or ``max_trials``).
+
+    Args:
+        url: storage URL (its password is never logged).
+        study_name: the study made by ``create``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        max_trials: stop after this many trials (None = until finished).
+        heartbeat_interval, grace_period: seconds; a trial without heartbeat for
+            ``grace_period`` is failed by any worker and its slot handed out again.
+        wait_seconds: how long to wait for the database and the study to appear.
+        objective_factory: builds the objective (tests pass a cheap one); default
+            :class:`biotune_optuna.objective.Objective`.
+
+    Returns:
+        The number of trials this worker ran.
+
+    Raises:
+        ConfigError: unreachable database, missing study, or a dataset/weights mismatch.
+    """
+    storage = connect(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period, wait_seconds=wait_seconds)
+    study = wait_for_study(storage, study_name, wait_seconds)
+    config = load_config(study)
+    splits = load_dataset(config.dataset)
+    check_fingerprints(config, splits)
+    if objective_factory is None:
+        from biotune_optuna.objective import Objective
+
+        objective = Objective(config, splits, device)
+    else:
+        objective = objective_factory(config, splits, device)
+    sampler = config.sampler(claim_timeout=float(grace_period))
+    study.sampler = sampler
+    _logger.info("worker joined study %r in %s", study_name, redact(url))
+
+    stop = threading.Event()
+    previous = {}
+
+    def on_signal(signum, frame):  # noqa: ANN001
+        stop.set()
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, on_signal)
+    ran, delay, told = 0, 0.5, 0.0
+    try:
+        while not stop.is_set() and (max_trials is None or ran < max_trials):
+            try:
+                optuna.storages.fail_stale_trials(study)
+                state = sampler.search_state(study)
+                if state.finished:
+                    _logger.info("the search is finished: worker exits after %d trial(s)", ran)
+                    break
+                if not sampler.free_slots(study):
+                    if time.monotonic() - told > 30:
+                        _logger.info("generation %d has no free slot yet: waiting", state.generation)
+                        told = time.monotonic()
+                    time.sleep(delay)
+                    delay = min(delay * 1.5, 10.0)
+                    continue
+                delay = 0.5
+                study.optimize(objective, n_trials=1, catch=(Exception,))
+                ran += 1
+            except AssertionError as e:
+                if "Should not reach" not in str(e):
+                    raise
+                _logger.warning("a trial of this worker was reaped as stale while it ran; its result is lost and its slot will be redone")
+            except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.DBAPIError) as e:
+                reason = str(getattr(e, "orig", e)).strip().splitlines()[:1]
+                _logger.warning("database unreachable (%s); retrying in %.0f s", reason[0] if reason else "error", delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+    except KeyboardInterrupt:
+        _logger.warning("stopping on signal: the current trial (if any) is marked FAIL and its slot will be redone")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return ran

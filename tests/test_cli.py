@@ -1,0 +1,146 @@
+"""The `biotune-optuna` command as a user runs it: real processes, real data, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from PIL import Image
+
+from biotune_optuna.study import CONFIG_ATTR
+
+TINY = [
+    "--dataset", "digits", "--image-size", "32", "--population", "3", "--elites", "1", "--generations", "1",
+    "--seeds", "684", "--max-epochs", "1", "--patience", "1", "--batch-size", "64", "--folds", "2",
+]
+
+
+def cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "biotune_optuna", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def no_traceback(proc: subprocess.CompletedProcess) -> None:
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+
+
+def test_help_teaches_every_run_option(tmp_path):
+    proc = cli("run", "--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    for option in ("--preset", "--model", "--weights-file", "--dataset", "--population", "--elites", "--generations", "--seeds", "--storage", "--workers", "--device"):
+        assert option in proc.stdout
+
+
+@pytest.mark.slow
+def test_run_searches_reports_and_resumes_without_redoing_work(tmp_path):
+    proc = cli("run", *TINY, "--study-name", "tiny", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "biotune-runs" / "tiny"
+    report = json.loads((out / "report.json").read_text())
+    methods = [m["method"] for m in report["methods"]]
+    assert methods == ["BioTune", "Full fine-tuning", "Linear probing"]
+    for m in report["methods"]:
+        assert len(m["test_accuracies"]) == 1 and 0.0 <= m["test_accuracy_mean"] <= 1.0
+    assert report["methods"][0]["evaluations"] == 3 + 1 * (3 + 1)
+    full, linear = report["methods"][1], report["methods"][2]
+    assert full["trainable_percent"] == pytest.approx(100.0)
+    assert 0 < linear["trainable_percent"] < 5
+    assert linear["test_accuracy_mean"] > 0.5  # real transfer even in one epoch at 32 px
+    md = (out / "report.md").read_text()
+    assert "| BioTune |" in md and "Linear probing" in md
+
+    storage = f"sqlite:///{out / 'study.db'}"
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 7
+    assert study.user_attrs[CONFIG_ATTR]["population_size"] == 3
+    assert {"trainable_blocks", "lr_by_block", "fold", "role", "generation"} <= set(complete[-1].user_attrs)
+
+    again = cli("run", *TINY, "--study-name", "tiny", "--no-report", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "resumed" in again.stderr
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 7
+
+    status = cli("status", "--storage", storage, "--study-name", "tiny", cwd=tmp_path)
+    assert status.returncode == 0 and "finished" in status.stdout
+
+
+def write_images(folder: Path, n: int, seed: int = 0) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+@pytest.fixture
+def folders(tmp_path):
+    one = tmp_path / "one_class"
+    write_images(one / "cat", 6)
+    empty = tmp_path / "empty_class"
+    write_images(empty / "cat", 6)
+    (empty / "dog").mkdir()
+    broken = tmp_path / "broken"
+    write_images(broken / "cat", 6)
+    write_images(broken / "dog", 6, seed=1)
+    (broken / "dog" / "bad.png").write_bytes(b"not a png at all")
+    return {"one": one, "empty": empty, "broken": broken}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "resnet9000"], "resnet9000"),
+        (["--dataset", "folder"], "--data-path"),
+        (["--dataset", "folder", "--data-path", "{tmp}/nowhere"], "nowhere"),
+        (["--dataset", "folder", "--data-path", "{one}"], "class"),
+        (["--dataset", "folder", "--data-path", "{empty}"], "dog"),
+        (["--dataset", "folder", "--data-path", "{broken}"], "bad.png"),
+        (["--population", "-3"], "--population"),
+        (["--elites", "4", "--population", "4"], "elites"),
+        (["--train-size", "0"], "--train-size"),
+        (["--seeds", "1,x"], "--seeds"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_leaves_no_study(tmp_path, folders, args, message):
+    args = [a.format(tmp=tmp_path, **folders) for a in args]
+    proc = cli("run", *TINY, *args, "--study-name", "bad", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    no_traceback(proc)
+    assert message in proc.stderr
+    assert "error" in proc.stderr.lower()
+    assert not (tmp_path / "biotune-runs" / "bad" / "study.db").exists()
+
+
+def test_unknown_dataset_name_is_refused_by_the_parser(tmp_path):
+    proc = cli("run", "--dataset", "imagenet-22k", cwd=tmp_path)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+    no_traceback(proc)
+
+
+def test_a_study_made_with_another_config_is_left_untouched(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="taken", storage=storage)
+    study.set_user_attr(CONFIG_ATTR, {"version": 1, "model": "something else"})
+    proc = cli("run", *TINY, "--storage", storage, "--study-name", "taken", "--no-report", cwd=tmp_path)
+    assert proc.returncode == 2 and "another config" in proc.stderr
+    no_traceback(proc)
+    study = optuna.load_study(study_name="taken", storage=storage)
+    assert study.user_attrs[CONFIG_ATTR] == {"version": 1, "model": "something else"} and not study.trials
+
+
+def test_unreachable_database_hides_the_password(tmp_path):
+    url = "postgresql://alice:s3cret-pw@127.0.0.1:1/nope"
+    proc = cli("run", *TINY, "--storage", url, "--study-name", "x", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    no_traceback(proc)
+    assert "s3cret-pw" not in proc.stderr + proc.stdout
+    assert "cannot open storage" in proc.stderr and "***" in proc.stderr
