@@ -38,7 +38,7 @@ from biotune_optuna.study import (
 )
 from biotune_optuna.training import Recipe
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 _logger = logging.getLogger("biotune_optuna")
 
 #: Sizes of the presets; any option given on the command line wins.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -181,19 +182,29 @@ def open_storage(
     """
     kwargs = {"pool_pre_ping": True} if not url.startswith("sqlite") else {}
     try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=kwargs,
-            skip_table_creation=not create_tables,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-        )
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as e:
-        reason = (str(getattr(e, "orig", None) or e).strip().splitlines() or ["unknown error"])[-1]
-        password = _password(url)
-        if password:
-            reason = reason.replace(password, "***")
-        raise ConfigError(f"cannot open storage {redact(url)}: {reason}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat args
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=kwargs,
+                skip_table_creation=not create_tables,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+            )
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"cannot open storage {redact(url)}: {database_error(e, url)}") from None
+
+
+def database_error(error: BaseException, url: str | None = None) -> str:
+    """One line saying why a database call failed: the driver's own first line (e.g.
+    ``connection to server at "db", port 5432 failed: Connection refused``), password hidden."""
+    root = error
+    while root.__cause__ is not None or getattr(root, "orig", None) is not None:
+        root = getattr(root, "orig", None) or root.__cause__
+    lines = [line.strip() for line in str(root).strip().splitlines() if line.strip()]
+    reason = lines[0] if lines else type(root).__name__
+    password = _password(url) if url else None
+    return reason.replace(password, "***") if password else reason
 
 
 def load_config(study: optuna.Study) -> StudyConfig:
@@ -234,7 +245,9 @@ def create_or_resume(storage: optuna.storages.BaseStorage, name: str, config: St
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=config.sampler())
     try:
         study.set_user_attr(CONFIG_ATTR, wanted)
-        study.set_metric_names(["val_macro_accuracy"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["val_macro_accuracy"])
     except Exception:
         optuna.delete_study(study_name=name, storage=storage)  # never leave a half-made study
         raise

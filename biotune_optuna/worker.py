@@ -27,7 +27,7 @@ import sqlalchemy.exc
 
 from biotune_optuna.backbones import weights_fingerprint
 from biotune_optuna.data import Splits, load_dataset
-from biotune_optuna.study import ConfigError, StudyConfig, load_config, open_storage, redact
+from biotune_optuna.study import ConfigError, StudyConfig, database_error, load_config, open_storage, redact
 
 _logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def wait_for_study(storage: optuna.storages.BaseStorage, name: str, wait_seconds
             study = optuna.load_study(study_name=name, storage=storage)
             load_config(study)
             return study
-        except (KeyError, ConfigError, sqlalchemy.exc.SQLAlchemyError) as e:
+        except (KeyError, ConfigError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
             if time.monotonic() + delay > deadline:
                 raise ConfigError(f"study {name!r} did not appear within {wait_seconds:.0f} s ({e})") from None
             if not told:
@@ -172,9 +172,8 @@ def run_worker(
                 if "Should not reach" not in str(e):
                     raise
                 _logger.warning("a trial of this worker was reaped as stale while it ran; its result is lost and its slot will be redone")
-            except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.DBAPIError) as e:
-                reason = str(getattr(e, "orig", e)).strip().splitlines()[:1]
-                _logger.warning("database unreachable (%s); retrying in %.0f s", reason[0] if reason else "error", delay)
+            except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+                _logger.warning("database unreachable (%s); retrying in %.0f s", database_error(e, url), delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
     except KeyboardInterrupt:

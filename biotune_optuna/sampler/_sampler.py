@@ -34,6 +34,7 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.samplers import BaseSampler, RandomSampler
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from biotune_optuna.genome import param_names, params_from_genome
@@ -259,7 +260,7 @@ class BioTuneSampler(BaseSampler):
             if now - refreshed > self.claim_timeout / 4:
                 storage.set_trial_system_attr(trial_id, SLOT_ATTR, {"state": "waiting", "at": now})
                 refreshed = now
-                if storage.is_heartbeat_enabled():
+                if is_heartbeat_enabled(storage):
                     storage.record_heartbeat(trial_id)
             time.sleep(delay)
             delay = min(delay * 1.5, self.max_poll_interval)

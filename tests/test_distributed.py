@@ -1,0 +1,225 @@
+"""One study shared by many worker processes on the real PostgreSQL server.
+
+Workers are real processes running :func:`biotune_optuna.worker.run_worker`; the objective is
+the cheap deterministic one of ``tests/_toy.py`` so that coordination — not fine-tuning — is
+what these tests measure. Expected genomes come from replaying the pure generation logic with
+the same seed, i.e. what one worker evaluating slots in order produces.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from _toy import toy_fitness
+from biotune_optuna.data import DatasetSpec, load_dataset
+from biotune_optuna.sampler import SLOT_ATTR, GAConfig, search_state
+from biotune_optuna.study import StudyConfig, create_or_resume, open_storage
+
+pytestmark = pytest.mark.postgres
+TESTS = Path(__file__).parent
+BLOCKS = ("stem", "b1", "b2", "b3", "head")
+COMPLETE, FAIL, RUNNING = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING
+
+
+def make_config(population=6, elites=2, generations=3, seed=7) -> StudyConfig:
+    spec = DatasetSpec("digits", image_size=8)
+    splits = load_dataset(spec)
+    return StudyConfig(
+        model="resnet18", dataset=spec, blocks=BLOCKS, classes=tuple(splits.classes),
+        dataset_fingerprint=splits.fingerprint, dataset_files=splits.files, seeds=(684,), n_folds=2,
+        population_size=population, n_elites=elites, n_generations=generations, sampler_seed=seed,
+    )
+
+
+def create(url: str, name: str, config: StudyConfig) -> optuna.Study:
+    return create_or_resume(open_storage(url, create_tables=True), name, config)[0]
+
+
+def expected_genomes(config: StudyConfig) -> dict:
+    ga = GAConfig(len(config.blocks), config.population_size, config.n_elites, config.n_generations, config.sampler_seed)
+    results, genomes = {}, {}
+    while not (state := search_state(ga, results)).finished:
+        for p in state.proposals:
+            if p is not None and (p.generation, p.slot) not in results:
+                genomes[(p.generation, p.slot)] = tuple(round(g, 12) for g in p.genome)
+                results[(p.generation, p.slot)] = toy_fitness(p.genome)
+    return genomes
+
+
+def completed_slots(url: str, name: str) -> dict:
+    study = optuna.load_study(study_name=name, storage=url)
+    out = {}
+    for t in study.get_trials(deepcopy=False, states=(COMPLETE,)):
+        rec = t.system_attrs[SLOT_ATTR]
+        key = (rec["generation"], rec["slot"])
+        assert key not in out, f"slot {key} was evaluated twice (trials {out[key][1]} and {t.number})"
+        out[key] = (tuple(round(g, 12) for g in rec["genome"]), t.number)
+    return {k: v[0] for k, v in out.items()}
+
+
+def start_worker(url: str, name: str, **env: str) -> subprocess.Popen:
+    full_env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **env}
+    return subprocess.Popen(
+        [sys.executable, str(TESTS / "_toy.py"), url, name],
+        env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def finish(workers, timeout: float = 240.0) -> list[str]:
+    logs = []
+    for w in workers:
+        out, _ = w.communicate(timeout=timeout)
+        logs.append(out)
+        assert w.returncode == 0, out
+    return logs
+
+
+def wait_until(condition, timeout: float = 120.0, step: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("condition not reached in time")
+
+
+def test_eight_workers_evaluate_every_slot_exactly_once_with_one_worker_genomes(pg_url):
+    config = make_config()
+    create(pg_url, "eight", config)
+    workers = [start_worker(pg_url, "eight", TOY_DELAY="0.3") for _ in range(8)]
+    finish(workers)
+    assert completed_slots(pg_url, "eight") == expected_genomes(config)
+    assert len(expected_genomes(config)) == 6 + 3 * 8
+
+
+def running_trial_of(url: str, name: str, generation: int | None = None):
+    study = optuna.load_study(study_name=name, storage=url)
+    for t in study.get_trials(deepcopy=False, states=(RUNNING,)):
+        rec = t.system_attrs.get(SLOT_ATTR, {})
+        if rec.get("state") == "claimed" and "worker_pid" in t.user_attrs:
+            if generation is None or rec["generation"] == generation:
+                return t
+    return None
+
+
+def test_killed_worker_slot_is_retried_after_the_grace_period(pg_url):
+    config = make_config(population=4, elites=1, generations=1)
+    create(pg_url, "kill", config)
+    slow = {"TOY_SLOW_SLOT": "0,2", "TOY_SLOW_DELAY": "30", "TOY_DELAY": "0.2"}
+    victim_and_peer = [start_worker(pg_url, "kill", **slow) for _ in range(2)]
+    trial = wait_until(lambda: (t := running_trial_of(pg_url, "kill")) and t.system_attrs[SLOT_ATTR]["slot"] == 2 and t)
+    pid = trial.user_attrs["worker_pid"]
+    os.kill(pid, signal.SIGKILL)
+    survivors = [w for w in victim_and_peer if w.pid != pid]
+    victim = next(w for w in victim_and_peer if w.pid == pid)
+    victim.wait(timeout=30)
+    assert victim.returncode == -signal.SIGKILL
+    # The survivor (with the slow slot no longer slow for it) finishes the study.
+    finish(survivors + [start_worker(pg_url, "kill", TOY_DELAY="0.2")])
+    study = optuna.load_study(study_name="kill", storage=pg_url)
+    killed = study.trials[trial.number]
+    assert killed.state == FAIL
+    assert completed_slots(pg_url, "kill") == expected_genomes(config)
+
+
+def test_all_workers_stopped_in_generation_two_then_restarted_give_the_same_genomes(pg_url):
+    config = make_config(population=5, elites=1, generations=3)
+    create(pg_url, "restart", config)
+    workers = [start_worker(pg_url, "restart", TOY_DELAY="0.4") for _ in range(3)]
+    wait_until(lambda: running_trial_of(pg_url, "restart", generation=2))
+    for w in workers:
+        w.send_signal(signal.SIGTERM)
+    logs = finish(workers, timeout=60)  # exit 0 on SIGTERM
+    assert any("stopping on signal" in log for log in logs)
+    study = optuna.load_study(study_name="restart", storage=pg_url)
+    assert not study.get_trials(states=(RUNNING,)), "SIGTERM must fail the current trial, not leave it running"
+    assert len(completed_slots(pg_url, "restart")) < len(expected_genomes(config))
+    finish([start_worker(pg_url, "restart", TOY_DELAY="0.05") for _ in range(3)])
+    assert completed_slots(pg_url, "restart") == expected_genomes(config)
+
+
+def test_trial_reaped_while_its_worker_runs_does_not_crash_the_worker(pg_url):
+    config = make_config(population=3, elites=1, generations=1)
+    create(pg_url, "reaped", config)
+    worker = start_worker(pg_url, "reaped", TOY_SLOW_SLOT="0,0", TOY_SLOW_DELAY="4", TOY_DELAY="0.05", TOY_GRACE="60")
+    trial = wait_until(lambda: running_trial_of(pg_url, "reaped"))
+    # What the stale-trial reaper or the dashboard does to a trial it believes dead:
+    storage = optuna.storages.RDBStorage(pg_url, skip_table_creation=True)
+    storage.set_trial_state_values(trial._trial_id, FAIL)
+    (log,) = finish([worker])
+    assert "reaped" in log
+    assert completed_slots(pg_url, "reaped") == expected_genomes(config)
+
+
+CLI = [sys.executable, "-m", "biotune_optuna"]
+
+
+def test_twenty_workers_started_with_create_on_an_empty_database_share_the_study(pg_url, tmp_path):
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "TOY_DELAY": "0.1"}
+    workers = [
+        subprocess.Popen([sys.executable, str(TESTS / "_toy.py"), pg_url, "crowd"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(20)
+    ]
+    creator = subprocess.run(
+        [*CLI, "create", "--storage", pg_url, "--study-name", "crowd", "--dataset", "digits", "--image-size", "8",
+         "--population", "4", "--elites", "1", "--generations", "2", "--seeds", "684"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert creator.returncode == 0, creator.stderr
+    finish(workers, timeout=400)
+    study = optuna.load_study(study_name="crowd", storage=pg_url)
+    slots = completed_slots(pg_url, "crowd")
+    assert len(slots) == 4 + 2 * 5
+    assert {t.user_attrs["worker_pid"] for t in study.get_trials(states=(COMPLETE,))} <= {w.pid for w in workers}
+
+
+def test_worker_with_other_dataset_files_refuses_and_names_the_file(pg_url, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (data / cls).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(data / cls / f"{i}.png")
+    create_cmd = [*CLI, "create", "--storage", pg_url, "--study-name", "files", "--dataset", "folder", "--data-path", str(data),
+                  "--image-size", "8", "--population", "3", "--elites", "1", "--generations", "1", "--folds", "1"]
+    assert subprocess.run(create_cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path).returncode == 0
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(data / "b" / "3.png")
+    proc = subprocess.run([*CLI, "worker", "--storage", pg_url, "--study-name", "files", "--wait", "5"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "differs" in proc.stderr and "3.png" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unreachable_database_is_a_clear_error_without_the_password(tmp_path):
+    proc = subprocess.run(
+        [*CLI, "worker", "--storage", "postgresql+psycopg2://bob:hunter2-secret@127.0.0.1:1/none", "--study-name", "x", "--wait", "2"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "hunter2-secret" not in proc.stderr + proc.stdout
+    assert "cannot open storage" in proc.stderr and "***" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_storage_url_can_come_from_a_file_so_it_stays_out_of_the_process_list(pg_url, tmp_path):
+    config = make_config(population=3, elites=1, generations=0)
+    create(pg_url, "fromfile", config)
+    url_file = tmp_path / "storage_url"
+    url_file.write_text(pg_url + "\n")
+    env = {**os.environ, "BIOTUNE_STORAGE_FILE": str(url_file)}
+    proc = subprocess.run([*CLI, "status", "--study-name", "fromfile"], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "generation" in proc.stdout
