@@ -90,8 +90,22 @@ def check_fingerprints(config: StudyConfig, splits: Splits) -> None:
         raise ConfigError(f"this worker's weights for {config.model} differ from the study's (sha256 mismatch)")
 
 
-class _Stop(Exception):
-    pass
+_DATABASE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
+
+
+def _database_cause(error: BaseException) -> BaseException | None:
+    """The database error behind ``error`` (itself, its cause or its context), or None.
+
+    Optuna 5.0 can turn a failed ``tell`` during an outage into an unrelated-looking error
+    (``UnboundLocalError`` in ``_run_trial``'s ``finally``); the chain still holds the cause.
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, _DATABASE_ERRORS):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def run_worker(
@@ -168,12 +182,16 @@ def run_worker(
                 delay = 0.5
                 study.optimize(objective, n_trials=1, catch=(Exception,))
                 ran += 1
-            except AssertionError as e:
-                if "Should not reach" not in str(e):
+            except Exception as e:  # noqa: BLE001 - sorted below; anything else is re-raised
+                if isinstance(e, AssertionError) and "Should not reach" in str(e):
+                    _logger.warning(
+                        "a trial of this worker was reaped as stale while it ran; its result is lost and its slot will be redone"
+                    )
+                    continue
+                cause = _database_cause(e)
+                if cause is None:
                     raise
-                _logger.warning("a trial of this worker was reaped as stale while it ran; its result is lost and its slot will be redone")
-            except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
-                _logger.warning("database unreachable (%s); retrying in %.0f s", database_error(e, url), delay)
+                _logger.warning("database unreachable (%s); retrying in %.0f s", database_error(cause, url), delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
     except KeyboardInterrupt:

@@ -223,3 +223,70 @@ def test_storage_url_can_come_from_a_file_so_it_stays_out_of_the_process_list(pg
     proc = subprocess.run([*CLI, "status", "--study-name", "fromfile"], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "generation" in proc.stdout
+
+
+class ThrowawayPostgres:
+    """A private PostgreSQL server (initdb + pg_ctl on a free port) that a test may stop and
+    start at will. Runs as the ``postgres`` system user when the tests run as root."""
+
+    def __init__(self, root: Path):
+        import glob
+        import shutil
+        import socket
+
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+        if not bins:
+            pytest.fail("PostgreSQL server binaries not found under /usr/lib/postgresql (run scripts/setup.sh)")
+        self.bin = Path(bins[-1])
+        self.root = root
+        self.data = root / "pgdata"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_user:
+            shutil.chown(root, "postgres")
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run([*self.as_user, str(self.bin / tool), *args], check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"), "-w", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+
+@pytest.fixture
+def throwaway_pg():
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="biotune-pg-"))  # outside pytest's root-only tmp tree
+    try:
+        server = ThrowawayPostgres(root)
+        server.start()
+        yield server
+        try:
+            server.stop()
+        except subprocess.CalledProcessError:
+            pass
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_database_restart_mid_search_workers_reconnect_and_nothing_is_lost_or_duplicated(throwaway_pg):
+    url = throwaway_pg.url
+    config = make_config(population=5, elites=1, generations=2)
+    create(url, "outage", config)
+    workers = [start_worker(url, "outage", TOY_DELAY="0.5") for _ in range(2)]
+    wait_until(lambda: len(completed_slots(url, "outage")) >= 3, timeout=180)
+    throwaway_pg.stop()
+    time.sleep(3)
+    throwaway_pg.start()
+    logs = finish(workers, timeout=300)
+    assert any("database unreachable" in log for log in logs), logs
+    assert completed_slots(url, "outage") == expected_genomes(config)
