@@ -89,6 +89,17 @@ class Objective:
             trial.set_user_attr("skipped", "no block is fine-tuned (every gene ≤ threshold)")
             trial.set_user_attr("trainable_fraction", 0.0)
             return 0.0
+        try:
+            return self._train(trial, plan, fold)
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)  # the worker was stopped: not the genome's fault
+            raise
+        except Exception as e:
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
+            raise
+
+    def _train(self, trial: optuna.Trial, plan, fold: int) -> float:  # noqa: ANN001
+        cfg = self.config
         train, val = fold_split(self.splits, fold, cfg.n_folds)
         accuracies, epochs = [], []
         for i, seed in enumerate(cfg.seeds):

@@ -180,6 +180,7 @@ def open_storage(
         ConfigError: if the database cannot be reached or has no Optuna schema; the message
             carries the URL with its password hidden.
     """
+    url = driver_url(url)
     kwargs = {"pool_pre_ping": True} if not url.startswith("sqlite") else {}
     try:
         with warnings.catch_warnings():
@@ -193,6 +194,18 @@ def open_storage(
             )
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError, ValueError, RuntimeError) as e:
         raise ConfigError(f"cannot open storage {redact(url)}: {database_error(e, url)}") from None
+
+
+def driver_url(url: str) -> str:
+    """``postgresql://`` / ``postgres://`` → ``postgresql+psycopg2://`` when psycopg 3 is not
+    installed (SQLAlchemy 2.1 reads the bare scheme as psycopg 3); other URLs unchanged."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            try:
+                import psycopg  # noqa: F401
+            except ImportError:
+                return "postgresql+psycopg2://" + url[len(scheme) :]
+    return url
 
 
 def database_error(error: BaseException, url: str | None = None) -> str:

@@ -35,7 +35,11 @@ def factory(config, splits, device):
         rec = trial.study._storage.get_trial_system_attrs(trial._trial_id).get("biotune:slot", {})
         if slow_slot and f"{rec.get('generation')},{rec.get('slot')}" == slow_slot:
             pause = float(os.environ.get("TOY_SLOW_DELAY", "5"))
-        time.sleep(pause)
+        try:
+            time.sleep(pause)
+        except KeyboardInterrupt:  # as biotune_optuna.objective.Objective does
+            trial.set_user_attr("interrupted", True)
+            raise
         return 1.0 - toy_fitness(genome)
 
     return objective

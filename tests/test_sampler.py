@@ -194,3 +194,29 @@ def test_other_samplers_search_the_same_space():
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
     study.optimize(objective_with_jitter, n_trials=5)
     assert set(study.best_params) == set(sampler.infer_relative_search_space(study, None))
+
+
+def test_interrupted_trials_do_not_use_up_the_retry_limit():
+    attempts = []
+
+    def stopped_three_times(trial):
+        genome = [trial.suggest_float(n, 0, 1) for n in param_names(BLOCKS)]
+        rec = trial.study._storage.get_trial_system_attrs(trial._trial_id)[SLOT_ATTR]
+        if (rec["generation"], rec["slot"]) == (0, 1) and len(attempts) < 3:
+            attempts.append(trial.number)
+            trial.set_user_attr("interrupted", True)  # what Objective records on SIGTERM/SIGINT
+            raise KeyboardInterrupt
+        return 1.0 - toy_fitness(genome)
+
+    sampler = make_sampler(max_retries=1)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    while not sampler.search_state(study).finished:
+        try:
+            study.optimize(stopped_three_times)
+        except KeyboardInterrupt:
+            pass  # the worker is restarted
+    assert len(attempts) == 3
+    slots = claimed(study)
+    assert (0, 1) in slots and len(slots) == 26  # evaluated on the 4th attempt, not given up
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert [t.number for t in failed] == attempts

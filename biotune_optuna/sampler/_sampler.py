@@ -11,7 +11,9 @@ How a trial gets its genome (DESIGN.md, "Sampler" contracts):
    proposal (generation, slot, role, parents, genome, fold) into the same attribute.
 3. If every slot of the open generation is held, it waits with backoff (and says so) until
    the generation closes; it never evaluates a slot twice. A slot whose trial FAILED is free
-   again, up to ``max_retries`` times; then it counts with the worst fitness (and a warning).
+   again, up to ``max_retries`` times when the evaluation raised and ``max_interruptions``
+   times when its worker was stopped or died; then it counts with the worst fitness (and a
+   warning).
 4. ``sample_relative`` returns the claimed genome as params ``gene_<block>`` / ``threshold``.
 
 Trial numbers are handed out by the storage in one serialised order, so "wait for every lower
@@ -44,6 +46,9 @@ _logger = logging.getLogger(__name__)
 
 #: The trial system attribute that holds a trial's slot record.
 SLOT_ATTR = "biotune:slot"
+#: Set on a FAIL trial whose evaluation raised (told by its worker), as opposed to one that was
+#: interrupted (user attribute ``interrupted``) or reaped after its worker died.
+FAILED_ATTR = "biotune:failed"
 
 
 def fold_of_generation(generation: int, n_folds: int) -> int:
@@ -84,7 +89,11 @@ class BioTuneSampler(BaseSampler):
         mode: ``"batched"`` (parallel, default) or ``"reference"`` (spec §7.10 sequential
             semantics); see :mod:`biotune_optuna.sampler._generations`.
         n_folds: number of data folds; the slot record carries ``fold_of_generation``.
-        max_retries: times a FAILED slot is handed out again before it counts as worst.
+        max_retries: times a slot whose evaluation raised is handed out again before it counts
+            as worst.
+        max_interruptions: times a slot whose worker was stopped (SIGTERM: the trial carries the
+            user attribute ``interrupted``) or died (trial reaped as stale) is handed out again;
+            these are not the genome's fault, so they have their own, larger limit.
         claim_timeout: seconds after which an unrefreshed waiting/unclaimed trial stops
             blocking later trials (its worker is presumed dead).
         poll_interval, max_poll_interval: backoff bounds (seconds) while waiting.
@@ -112,6 +121,7 @@ class BioTuneSampler(BaseSampler):
         mode: str = "batched",
         n_folds: int = 1,
         max_retries: int = 2,
+        max_interruptions: int = 10,
         claim_timeout: float = 120.0,
         poll_interval: float = 0.2,
         max_poll_interval: float = 10.0,
@@ -124,6 +134,7 @@ class BioTuneSampler(BaseSampler):
             raise ValueError(f"max_retries must be ≥ 0, got {max_retries}")
         self.n_folds = n_folds
         self.max_retries = max_retries
+        self.max_interruptions = max_interruptions
         self.claim_timeout = claim_timeout
         self.poll_interval = poll_interval
         self.max_poll_interval = max_poll_interval
@@ -142,7 +153,8 @@ class BioTuneSampler(BaseSampler):
     def _tally(self, study: optuna.Study, trials: Sequence[FrozenTrial]) -> tuple[SearchState, set, dict]:
         results: dict[tuple[int, int], float] = {}
         held: set[tuple[int, int]] = set()
-        failures: Counter = Counter()
+        failures: Counter = Counter()  # the evaluation itself failed (exception, NaN…)
+        interruptions: Counter = Counter()  # worker stopped or died: not the genome's fault
         for t in sorted(trials, key=lambda t: t.number):
             rec = t.system_attrs.get(SLOT_ATTR)
             if not rec or rec.get("state") != "claimed":
@@ -155,13 +167,18 @@ class BioTuneSampler(BaseSampler):
             elif t.state == TrialState.RUNNING:
                 held.add(key)
             elif t.state == TrialState.FAIL:
-                failures[key] += 1
-        for key, n in failures.items():
-            if key not in results and key not in held and n > self.max_retries:
+                if t.system_attrs.get(FAILED_ATTR) and not t.user_attrs.get("interrupted"):
+                    failures[key] += 1
+                else:
+                    interruptions[key] += 1
+        for key in set(failures) | set(interruptions):
+            n, m = failures[key], interruptions[key]
+            if key not in results and key not in held and (n > self.max_retries or m > self.max_interruptions):
                 if key not in self._warned:
                     self._warned.add(key)
                     _logger.warning(
-                        "slot %s of generation %s failed %d times: counted with the worst fitness", key[1], key[0], n
+                        "slot %s of generation %s failed %d times (and was interrupted %d times): "
+                        "counted with the worst fitness", key[1], key[0], n, m
                     )
                 results[key] = WORST_FITNESS
         state = search_state(self.config, results, self._cache)
@@ -206,6 +223,9 @@ class BioTuneSampler(BaseSampler):
         return self._fallback.sample_independent(study, trial, param_name, param_distribution)
 
     def after_trial(self, study, trial, state, values) -> None:  # noqa: ANN001 - Optuna's signature
+        # Not called for trials reaped as stale: those count as interruptions, not failures.
+        if state == TrialState.FAIL and trial._trial_id in self._claims:
+            study._storage.set_trial_system_attr(trial._trial_id, FAILED_ATTR, True)
         self._claims.pop(trial._trial_id, None)
 
     def reseed_rng(self) -> None:
