@@ -371,15 +371,36 @@ def _open_study(args: argparse.Namespace) -> tuple[optuna.Study, StudyConfig]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from datetime import datetime, timedelta
+
+    from biotune_optuna.sampler import slot_record
+
     study, config = _open_study(args)
-    state = study.sampler.search_state(study)
+    sampler = study.sampler
+    state = sampler.search_state(study)
     trials = study.get_trials(deepcopy=False)
     counts = {s.name: sum(1 for t in trials if t.state == s) for s in optuna.trial.TrialState}
     table = Table(title=f"{study.study_name}: {config.model} on {config.dataset.name}")
     table.add_column("")
     table.add_column("")
     table.add_row("generation", "finished" if state.finished else f"{state.generation} of {config.n_generations}")
+    if not state.finished:
+        n_slots = sampler.config.n_slots(state.generation)
+        records = [(t, slot_record(t) or {}) for t in trials]
+        running = sum(1 for t, r in records if t.state == optuna.trial.TrialState.RUNNING and r.get("generation") == state.generation)
+        failed = sum(1 for t, r in records if t.state == optuna.trial.TrialState.FAIL and r.get("generation") == state.generation)
+        free = len(sampler.free_slots(study))
+        done = n_slots - running - free - sum(1 for p in state.proposals if p is None)
+        table.add_row("slots", f"{done} done, {running} running, {free} free, {n_slots - done - running - free} not open yet, {failed} failed attempts (of {n_slots})")
     table.add_row("trials", ", ".join(f"{n} {k.lower()}" for k, n in counts.items() if n))
+    recent = datetime.now() - timedelta(minutes=10)
+    alive = {
+        t.user_attrs.get("worker")
+        for t in trials
+        if t.user_attrs.get("worker")
+        and (t.state == optuna.trial.TrialState.RUNNING or (t.datetime_complete and t.datetime_complete > recent))
+    }
+    table.add_row("workers seen (last 10 min)", str(len(alive)))
     if state.best is not None:
         plan = decode(state.best.genome, config.blocks, config.recipe.base_lr)
         table.add_row("best val accuracy", f"{1 - state.best.fitness:.4f}")

@@ -8,6 +8,8 @@ study maximises it, the sampler reads Φ = 1 − value).
 
 from __future__ import annotations
 
+import os
+import socket
 import statistics
 from collections.abc import Callable
 
@@ -82,6 +84,7 @@ class Objective:
         record = slot_record(trial)
         fold = record["fold"] if record and record.get("state") == "claimed" else 0
         plan = decode(genome, cfg.blocks, cfg.recipe.base_lr)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr("fold", fold)
         trial.set_user_attr("trainable_blocks", plan.trainable_blocks)
         trial.set_user_attr("lr_by_block", {b: float(f"{lr:.3g}") for b, lr in plan.lr_by_block.items()})

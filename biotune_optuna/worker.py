@@ -21,13 +21,15 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import optuna
 import sqlalchemy.exc
+from optuna.storages._heartbeat import get_heartbeat_thread
 
 from biotune_optuna.backbones import weights_fingerprint
 from biotune_optuna.data import Splits, load_dataset
-from biotune_optuna.study import ConfigError, StudyConfig, database_error, load_config, open_storage, redact
+from biotune_optuna.study import CONFIG_ATTR, ConfigError, StudyConfig, database_error, load_config, open_storage, redact
 
 _logger = logging.getLogger(__name__)
 
@@ -57,22 +59,44 @@ def wait_for_study(storage: optuna.storages.BaseStorage, name: str, wait_seconds
     """Load study ``name`` once it exists and carries its config, waiting with backoff.
 
     Raises:
-        ConfigError: if it does not appear within ``wait_seconds``.
+        ConfigError: if it does not appear within ``wait_seconds``, or at once if it carries a
+            config this version cannot read (another config version: the worker refuses).
     """
     deadline, delay, told = time.monotonic() + wait_seconds, 0.5, False
     while True:
         try:
             study = optuna.load_study(study_name=name, storage=storage)
-            load_config(study)
-            return study
-        except (KeyError, ConfigError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
-            if time.monotonic() + delay > deadline:
-                raise ConfigError(f"study {name!r} did not appear within {wait_seconds:.0f} s ({e})") from None
-            if not told:
-                _logger.info("waiting for study %r to be created…", name)
-                told = True
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            if CONFIG_ATTR in study.user_attrs:
+                load_config(study)  # raises ConfigError for an incompatible config
+                return study
+            reason = "it has no config yet"
+        except (KeyError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if time.monotonic() + delay > deadline:
+            raise ConfigError(f"study {name!r} did not appear within {wait_seconds:.0f} s ({reason})")
+        if not told:
+            _logger.info("waiting for study %r to be created…", name)
+            told = True
+        time.sleep(delay)
+        delay = min(delay * 2, 10.0)
+
+
+@contextmanager
+def heartbeat(trial: optuna.Trial):
+    """Record heartbeats for a trial made with ``study.ask()`` while the block runs.
+
+    Optuna records heartbeats only inside ``Study.optimize``; an ask/tell loop that wants its
+    trials failed (and their slots redone) when the process dies wraps each evaluation::
+
+        trial = study.ask()
+        with heartbeat(trial):
+            value = objective(trial)
+        study.tell(trial, value)
+
+    A no-op when the storage has no heartbeat configured.
+    """
+    with get_heartbeat_thread(trial._trial_id, trial.study._storage):
+        yield
 
 
 def check_fingerprints(config: StudyConfig, splits: Splits) -> None:

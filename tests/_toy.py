@@ -31,6 +31,7 @@ def factory(config, splits, device):
     def objective(trial):
         genome = [trial.suggest_float(n, 0.0, 1.0) for n in param_names(config.blocks)]
         trial.set_user_attr("worker_pid", os.getpid())
+        trial.set_user_attr("worker", f"toy:{os.getpid()}")
         pause = delay * (0.5 + random.random())
         rec = trial.study._storage.get_trial_system_attrs(trial._trial_id).get("biotune:slot", {})
         if slow_slot and f"{rec.get('generation')},{rec.get('slot')}" == slow_slot:

@@ -9,6 +9,7 @@ the same seed, i.e. what one worker evaluating slots in order produces.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -229,7 +230,7 @@ class ThrowawayPostgres:
     """A private PostgreSQL server (initdb + pg_ctl on a free port) that a test may stop and
     start at will. Runs as the ``postgres`` system user when the tests run as root."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, password: str | None = None):
         import glob
         import shutil
         import socket
@@ -246,7 +247,14 @@ class ThrowawayPostgres:
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self.as_user:
             shutil.chown(root, "postgres")
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        auth = ["-A", "trust"]
+        if password is not None:
+            pwfile = root / "pw"
+            pwfile.write_text(password + "\n")
+            if self.as_user:
+                shutil.chown(pwfile, "postgres")
+            auth = ["-A", "scram-sha-256", f"--pwfile={pwfile}"]
+        self._run("initdb", "-D", str(self.data), *auth, "-U", "postgres", "--no-sync")
         self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run(self, tool: str, *args: str) -> None:
@@ -261,13 +269,13 @@ class ThrowawayPostgres:
 
 
 @pytest.fixture
-def throwaway_pg():
+def throwaway_pg(request):
     import shutil
     import tempfile
 
     root = Path(tempfile.mkdtemp(prefix="biotune-pg-"))  # outside pytest's root-only tmp tree
     try:
-        server = ThrowawayPostgres(root)
+        server = ThrowawayPostgres(root, password=getattr(request, "param", None))
         server.start()
         yield server
         try:
@@ -290,3 +298,60 @@ def test_database_restart_mid_search_workers_reconnect_and_nothing_is_lost_or_du
     logs = finish(workers, timeout=300)
     assert any("database unreachable" in log for log in logs), logs
     assert completed_slots(url, "outage") == expected_genomes(config)
+
+
+@pytest.mark.parametrize("throwaway_pg", ["right-horse-battery"], indirect=True)
+def test_wrong_password_is_refused_without_echoing_it(throwaway_pg, tmp_path):
+    url = f"postgresql+psycopg2://postgres:not-the-Pa55word@127.0.0.1:{throwaway_pg.port}/postgres"
+    proc = subprocess.run([*CLI, "status", "--storage", url, "--study-name", "x"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "not-the-Pa55word" not in proc.stderr + proc.stdout
+    assert "password authentication failed" in proc.stderr and "***" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    good = url.replace("not-the-Pa55word", "right-horse-battery")
+    create(good, "guarded", make_config(population=3, elites=1, generations=0))
+    ok = subprocess.run([*CLI, "status", "--storage", good, "--study-name", "guarded"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert "right-horse-battery" not in ok.stderr + ok.stdout
+
+
+def test_worker_refuses_a_study_of_another_config_version(pg_url, tmp_path):
+    study = create(pg_url, "future", make_config(population=3, elites=1, generations=0))
+    stored = dict(study.user_attrs["biotune_config"], version=999)
+    study.set_user_attr("biotune_config", stored)
+    proc = subprocess.run([*CLI, "worker", "--storage", pg_url, "--study-name", "future", "--wait", "60"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "version 999" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ask_tell_trials_get_heartbeats_and_are_reaped_when_they_stop(pg_url):
+    from biotune_optuna.worker import heartbeat
+
+    storage = open_storage(pg_url, create_tables=True, heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(study_name="asktell", storage=storage)
+    beating = study.ask()
+    with heartbeat(beating):
+        time.sleep(3.5)
+        assert storage._get_stale_trial_ids(study._study_id) == []
+    silent = study.ask()
+    with heartbeat(silent):
+        pass  # one heartbeat, then the "process" stops
+    time.sleep(3.5)
+    stale = storage._get_stale_trial_ids(study._study_id)
+    assert set(stale) == {beating._trial_id, silent._trial_id}
+    optuna.storages.fail_stale_trials(study)
+    assert [t.state for t in study.get_trials()] == [FAIL, FAIL]
+
+
+def test_status_shows_slots_and_workers_of_a_running_search(pg_url, tmp_path):
+    config = make_config(population=4, elites=1, generations=1)
+    create(pg_url, "watch", config)
+    worker = start_worker(pg_url, "watch", TOY_SLOW_SLOT="0,3", TOY_SLOW_DELAY="20", TOY_DELAY="0.05")
+    wait_until(lambda: (t := running_trial_of(pg_url, "watch")) and t.system_attrs[SLOT_ATTR]["slot"] == 3)
+    proc = subprocess.run([*CLI, "status", "--storage", pg_url, "--study-name", "watch"], capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "COLUMNS": "200"})
+    worker.send_signal(signal.SIGTERM)
+    finish([worker], timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "3 done, 1 running, 0 free" in proc.stdout
+    assert re.search(r"workers seen \(last 10 min\)\s*│\s*1\s*│", proc.stdout), proc.stdout
