@@ -1,7 +1,8 @@
 """The one fine-tuning loop every method uses (spec/biotune-algorithm.md §4).
 
 Adam (betas 0.9/0.999, no weight decay) with one param group per fine-tuned block at that
-block's learning rate, cosine annealing stepped once per epoch, cross-entropy, early stopping
+block's learning rate (or the groups a baseline :class:`Method` asks for), cosine annealing
+stepped once per epoch, cross-entropy, early stopping
 on validation macro accuracy (patience 3, strict improvement), and the best epoch's weights
 kept in memory. Departures from the reference, on purpose (DESIGN.md): per-block learning
 rates really reach the optimizer; BatchNorm layers of frozen blocks stay in eval mode (their
@@ -15,9 +16,10 @@ on both by default. Imports no Optuna: progress goes out through the ``on_epoch`
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -208,9 +210,67 @@ def evaluate(
     return macro_accuracy(predict(model, images, backbone, device, batch_size, amp), images.labels)
 
 
+class Method:
+    """How one fine-tuning configuration sets up the shared loop (spec/baselines.md §1.11:
+    every method is a trainable mask, per-group learning rates, an extra loss term and/or
+    adapter modules over one training loop).
+
+    Subclasses override what they need; the default trains nothing.
+    """
+
+    #: Display name.
+    name = "method"
+
+    def param_groups(self, backbone: Backbone, base_lr: float) -> list[dict]:
+        """Set ``requires_grad`` (and add modules, e.g. adapters); return Adam param groups
+        ``{"params": [...], "lr": float, "name": str}``. Called once, on the fresh model."""
+        return configure(backbone, {})
+
+    def trained_blocks(self, backbone: Backbone) -> set[str]:
+        """Blocks whose BatchNorm layers run in train mode (the others stay in eval mode)."""
+        return set()
+
+    def penalty(self, model: nn.Module) -> torch.Tensor | None:
+        """An extra loss term added at every step (e.g. L2-SP), or None."""
+        return None
+
+    def on_epoch_start(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
+    ) -> torch.optim.Optimizer | None:
+        """Called before each epoch with a way to draw training batches (already on the device);
+        may return a new optimizer that replaces the current one (AutoRGN)."""
+        return None
+
+
+class BlockLR(Method):
+    """Fine-tune whole blocks, each at its own learning rate; freeze the rest (BioTune's decoded
+    genome, full fine-tuning and linear probing are all of this kind; spec §3.4).
+
+    Args:
+        lr_by_block: learning rate of each fine-tuned block.
+        name: display name.
+    """
+
+    def __init__(self, lr_by_block: Mapping[str, float], name: str = "block learning rates") -> None:
+        self.lr_by_block = dict(lr_by_block)
+        self.name = name
+
+    def param_groups(self, backbone: Backbone, base_lr: float) -> list[dict]:
+        return configure(backbone, self.lr_by_block)
+
+    def trained_blocks(self, backbone: Backbone) -> set[str]:
+        return set(self.lr_by_block)
+
+
+def cosine_factor(epoch: int, t_max: int) -> float:
+    """Learning-rate factor of CosineAnnealingLR (eta_min 0) at 0-based ``epoch``:
+    ``(1 + cos(π·epoch/T_max))/2`` (spec §4: stepped once per epoch)."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(epoch, t_max) / t_max))
+
+
 def fine_tune(
     backbone: Backbone,
-    lr_by_block: Mapping[str, float],
+    method: Method | Mapping[str, float],
     train: ImageSet,
     val: ImageSet,
     recipe: Recipe,
@@ -222,8 +282,8 @@ def fine_tune(
 
     Args:
         backbone: a freshly built model (build it right after :func:`seed_everything`).
-        lr_by_block: learning rate per fine-tuned block; other blocks are frozen. Empty =
-            nothing to train: the model is only evaluated.
+        method: a :class:`Method`, or a mapping block → learning rate (a :class:`BlockLR`:
+            fine-tuned blocks; the others frozen). Nothing to train: the model is only evaluated.
         train, val: uint8 image sets (N, C, H, W) with labels.
         recipe: hyper-parameters.
         seed: fixes the shuffling order (spec §4 common random numbers).
@@ -239,42 +299,59 @@ def fine_tune(
     """
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"empty split: {len(train)} training and {len(val)} validation images")
+    if not isinstance(method, Method):
+        method = BlockLR(method)
     dev = pick_device(device) if isinstance(device, str) else device
     start = time.perf_counter()
+    groups = method.param_groups(backbone, recipe.base_lr)  # may add adapter modules: before .to()
     model = backbone.model.to(dev)
     use_amp = recipe.amp and dev.type == "cuda"
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    groups = configure(backbone, lr_by_block)
-    total = sum(p.numel() for p in model.parameters())
+    total = sum(p.numel() for p in model.parameters() if not getattr(p, "_biotune_adapter", False))
     trainable = sum(p.numel() for g in groups for p in g["params"])
     if not groups:
         acc = evaluate(model, val, backbone, dev, recipe.eval_batch_size, recipe.amp)
         return TrainResult(acc, 0, [], time.perf_counter() - start, 0, total, model)
 
     optimizer = torch.optim.Adam(groups, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.cosine_t_max, eta_min=0.0)
     loss_fn = nn.CrossEntropyLoss()
     shuffle = torch.Generator().manual_seed(seed)
-    trained = {g["name"] for g in groups}
-    best_acc, best_epoch, best_state, history, stale = -1.0, 0, None, [], 0
-    for epoch in range(1, recipe.max_epochs + 1):
-        set_train_mode(model, backbone, trained, recipe.frozen_bn)
-        order = torch.randperm(len(train), generator=shuffle)
-        losses = []
+    trained = method.trained_blocks(backbone)
+
+    def batches(order: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.arange(len(train)) if order is None else order
         for i in range(0, len(order), recipe.batch_size):
             idx = order[i : i + recipe.batch_size]
             x = to_input(train.images[idx], backbone.mean, backbone.std).to(dev, non_blocking=True)
-            y = train.labels[idx].to(dev, non_blocking=True)
             if recipe.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            yield x, train.labels[idx].to(dev, non_blocking=True)
+
+    best_acc, best_epoch, best_state, history, stale = -1.0, 0, None, [], 0
+    for epoch in range(1, recipe.max_epochs + 1):
+        set_train_mode(model, backbone, trained, recipe.frozen_bn)
+        # A fresh shuffle each epoch, like the official AutoRGN loader (only methods that draw move the stream).
+        replaced = method.on_epoch_start(model, optimizer, lambda: batches(torch.randperm(len(train), generator=shuffle)))
+        if replaced is not None:
+            optimizer = replaced
+        if replaced is not None or epoch == 1:
+            for group in optimizer.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+        factor = cosine_factor(epoch - 1, recipe.cosine_t_max)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        losses = []
+        for x, y in batches(torch.randperm(len(train), generator=shuffle)):
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = loss_fn(_logits(model(x)).float(), y)
+            extra = method.penalty(model)
+            if extra is not None:
+                loss = loss + extra
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(loss.detach())
-        scheduler.step()
         acc = evaluate(model, val, backbone, dev, recipe.eval_batch_size, recipe.amp)
         history.append(acc)
         if acc > best_acc:
