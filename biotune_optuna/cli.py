@@ -22,6 +22,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from biotune_optuna.backbones import BackboneError, available_models, load_backbone, weights_fingerprint
+from biotune_optuna.baselines import BASELINES
+from biotune_optuna.comparison import SAMPLERS
 from biotune_optuna.data import DATASETS, DataError, DatasetSpec, load_dataset
 from biotune_optuna.genome import decode
 from biotune_optuna.study import (
@@ -94,7 +96,7 @@ def _study_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, help="training batch size (default 96)")
     g.add_argument("--lr", type=float, default=1e-3, help="base learning rate; block rates are 0.1×–10× this")
     g.add_argument("--frozen-bn", choices=("eval", "train"), default="eval", help="BatchNorm of frozen blocks: eval (fixed statistics) or train (the reference's behaviour)")
-    g.add_argument("--baselines", default="full,linear", help="baselines retrained next to BioTune in the final report (comma-separated: full, linear; empty for none)")
+    g.add_argument("--baselines", default="full,linear", help=f"baselines retrained next to BioTune in the final report (comma-separated from {', '.join(BASELINES)}, or all; empty for none)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -158,6 +160,36 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--grace-period", type=int, default=300, help="seconds without heartbeat before another worker fails a trial and redoes its slot")
     worker.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the database and the study to appear")
 
+    compare = sub.add_parser(
+        "compare",
+        help="BioTune against baselines and other samplers, same data, seeds and loop",
+        description=(
+            "Retrain BioTune's best genome and any of the baselines under the final protocol (full training split, "
+            "every seed, held-out test split); optionally first run Optuna's TPE / CMA-ES / random / NSGA-II on the "
+            "same search space with BioTune's budget (each in its own study <name>.<sampler>, resumable). Writes "
+            "report.json, report.md, PNG plots and a self-contained report.html."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _storage_options(compare)
+    compare.add_argument("--baselines", default="all", help=f"comma-separated from {', '.join(BASELINES)}, or all, or empty")
+    compare.add_argument("--samplers", default="", help=f"comma-separated from {', '.join(SAMPLERS)}, or all; each costs a whole search")
+    compare.add_argument("--workers", type=int, default=1, help="local worker threads for the sampler searches")
+    compare.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    compare.add_argument("--out", help="directory for the report (default: next to an SQLite study, else ./reports/STUDY)")
+
+    dash = sub.add_parser(
+        "dashboard",
+        help="optuna-dashboard on a study's storage (localhost only)",
+        description="Start optuna-dashboard on the storage, bound to 127.0.0.1 (it has no authentication).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    dash.add_argument("--storage", help="storage URL (default $BIOTUNE_STORAGE or $BIOTUNE_STORAGE_FILE)")
+    dash.add_argument("--host", default="127.0.0.1", help="address to bind; only loopback unless --allow-remote")
+    dash.add_argument("--port", type=int, default=8080)
+    dash.add_argument("--artifact-dir", help="artifact directory to serve")
+    dash.add_argument("--allow-remote", action="store_true", help="bind to a non-loopback address (put an authenticating proxy in front!)")
+
     for name, text in (("status", "where a search stands"), ("report", "final evaluation of a finished search")):
         s = sub.add_parser(name, help=text, description=text)
         _storage_options(s)
@@ -214,10 +246,7 @@ def _config_from_args(s: dict) -> tuple[StudyConfig, object]:
         seeds = tuple(int(x) for x in str(s["seeds"]).split(",") if x.strip())
     except ValueError:
         raise ConfigError(f"--seeds must be comma-separated integers, got {s['seeds']!r}") from None
-    baselines = tuple(b.strip() for b in s["baselines"].split(",") if b.strip())
-    unknown = [b for b in baselines if b not in ("full", "linear")]
-    if unknown:
-        raise ConfigError(f"unknown baseline {unknown[0]!r}; choose from full, linear")
+    baselines = _parse_list(s["baselines"], list(BASELINES), "baseline")
     if s["elites"] >= s["population"]:
         raise ConfigError(f"--elites must be smaller than --population, got elites={s['elites']}, population={s['population']}")
     try:
@@ -249,6 +278,7 @@ def _config_from_args(s: dict) -> tuple[StudyConfig, object]:
 
 def _search(study: optuna.Study, config: StudyConfig, splits, device: str, workers: int) -> None:
     from biotune_optuna.objective import Objective
+    from biotune_optuna.worker import publish_quietly
 
     sampler = config.sampler()
     study.sampler = sampler
@@ -261,8 +291,14 @@ def _search(study: optuna.Study, config: StudyConfig, splits, device: str, worke
         def on_epoch(number: int, seed_index: int, epoch: int, acc: float) -> None:
             progress.update(task, description=f"trial {number} · seed {seed_index + 1}/{len(config.seeds)} · epoch {epoch} · val {acc:.4f}")
 
+        published = [len(sampler.search_state(study).populations)]
+
         def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            progress.update(task, completed=sampler.search_state(study).resolved)
+            state = sampler.search_state(study)
+            progress.update(task, completed=state.resolved)
+            if len(state.populations) > published[0]:  # a generation closed: refresh the dashboard pages
+                published[0] = len(state.populations)
+                publish_quietly(study, config)
             rec = trial.user_attrs
             if trial.state == optuna.trial.TrialState.COMPLETE:
                 failures.clear()
@@ -293,20 +329,41 @@ def _print_table(rows, title: str) -> None:
     Console().print(table)
 
 
-def _report(study: optuna.Study, config: StudyConfig, splits, device: str, out: Path) -> None:
-    from biotune_optuna.report import final_report, write_report
+def _report(
+    study: optuna.Study,
+    config: StudyConfig,
+    splits,
+    device: str,
+    out: Path,
+    baselines: Sequence[str] | None = None,
+    sampler_studies: dict | None = None,
+) -> None:
+    from biotune_optuna.plots import comparison_figure, search_figures, write_figures
+    from biotune_optuna.report import final_report, to_markdown, write_report
 
     def on_seed(name: str, seed: int, acc: float) -> None:
         console.print(f"final · {name} · seed {seed} · test {acc:.4f}")
 
     console.rule("final evaluation: full training split, every seed, test split")
-    rows = final_report(study, config, splits, device, on_seed)
+    rows = final_report(study, config, splits, device, on_seed, baselines, sampler_studies)
     title = f"{study.study_name}: {config.model} on {config.dataset.name}"
     _print_table(rows, title)
     best = decode(config.sampler().search_state(study).best.genome, config.blocks, config.recipe.base_lr)
     extra = {"study": study.study_name, "best_lr_by_block": best.lr_by_block, "config": config.to_dict()}
     json_path, md_path = write_report(rows, out, title, extra)
-    console.print(f"report written: {json_path} and {md_path}")
+    figures = {**search_figures(study, config), "comparison": comparison_figure(rows)}
+    paths = write_figures(figures, out, table_html=to_markdown(rows, title), title=title)
+    console.print(f"report written: {json_path}, {md_path}, {paths.get('html', out / 'report.html')} and {len(figures)} PNG plots in {out}")
+
+
+def _parse_list(value: str, valid: Sequence[str], what: str) -> tuple[str, ...]:
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    if items == ("all",):
+        return tuple(valid)
+    unknown = [v for v in items if v not in valid]
+    if unknown:
+        raise ConfigError(f"unknown {what} {unknown[0]!r}; choose from {', '.join(valid)} (or all)")
+    return items
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -327,6 +384,56 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_report:
         _report(study, config, splits, s["device"], out)
     return 0
+
+
+def _report_dir(args: argparse.Namespace, url: str, study_name: str) -> Path:
+    if getattr(args, "out", None):
+        return Path(args.out)
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///")).parent
+    return Path("reports") / study_name
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from biotune_optuna.comparison import run_search
+    from biotune_optuna.objective import Objective
+
+    baselines = _parse_list(args.baselines, list(BASELINES), "baseline")
+    samplers = _parse_list(args.samplers, list(SAMPLERS), "sampler")
+    _positive("workers", args.workers)
+    study, config = _open_study(args)
+    splits = _load_checked(config)
+    others = {}
+    for key in samplers:
+        console.rule(f"{SAMPLERS[key]} on the same space: {config.n_evaluations} evaluations")
+
+        def on_trial(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            if trial.state == optuna.trial.TrialState.COMPLETE:
+                console.print(f"{key} · trial {trial.number:>3} · val {trial.value:.4f}")
+
+        others[key] = run_search(study._storage, study.study_name, config, key, Objective(config, splits, args.device), args.workers, [on_trial])
+    url = _storage_url(args)
+    _report(study, config, splits, args.device, _report_dir(args, url, study.study_name), baselines, others)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from biotune_optuna.dashboard import serve
+
+    url = _storage_url(args)
+    console.print(f"optuna-dashboard on {redact(url)} at http://{args.host}:{args.port}/ (Ctrl-C to stop)")
+    serve(url, host=args.host, port=args.port, artifact_dir=args.artifact_dir, allow_remote=args.allow_remote)
+    return 0
+
+
+def _load_checked(config: StudyConfig):
+    with console.status(f"loading dataset {config.dataset.name}…"):
+        splits = load_dataset(config.dataset)
+    if splits.fingerprint != config.dataset_fingerprint:
+        from biotune_optuna.worker import check_fingerprints
+
+        check_fingerprints(config, splits)  # raises, naming the files that differ
+    return splits
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -413,17 +520,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     study, config = _open_study(args)
-    splits = load_dataset(config.dataset)
-    if splits.fingerprint != config.dataset_fingerprint:
-        raise ConfigError("the dataset on this machine differs from the one the study was made with")
-    url = _storage_url(args)
-    if args.out:
-        out = Path(args.out)
-    elif url.startswith("sqlite:///"):
-        out = Path(url.removeprefix("sqlite:///")).parent
-    else:
-        out = Path(".")
-    _report(study, config, splits, args.device, out)
+    splits = _load_checked(config)
+    _report(study, config, splits, args.device, _report_dir(args, _storage_url(args), study.study_name))
     return 0
 
 
@@ -432,7 +530,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    commands = {"run": cmd_run, "create": cmd_create, "worker": cmd_worker, "status": cmd_status, "report": cmd_report}
+    commands = {
+        "run": cmd_run, "create": cmd_create, "worker": cmd_worker, "status": cmd_status, "report": cmd_report,
+        "compare": cmd_compare, "dashboard": cmd_dashboard,
+    }
     try:
         return commands[args.command](args)
     except (ConfigError, DataError, BackboneError) as e:

@@ -11,16 +11,16 @@ from __future__ import annotations
 import os
 import socket
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import optuna
 
 from biotune_optuna.backbones import Backbone, load_backbone
 from biotune_optuna.data import Splits, fold_split
 from biotune_optuna.genome import decode, param_names
-from biotune_optuna.sampler import slot_record
+from biotune_optuna.sampler import fold_of_generation, slot_record
 from biotune_optuna.study import StudyConfig
-from biotune_optuna.training import TrainResult, fine_tune, seed_everything
+from biotune_optuna.training import Method, TrainResult, fine_tune, seed_everything
 
 
 def build_backbone(config: StudyConfig, seed: int) -> Backbone:
@@ -31,20 +31,33 @@ def build_backbone(config: StudyConfig, seed: int) -> Backbone:
 
 def train_plan(
     config: StudyConfig,
-    lr_by_block: dict[str, float],
+    method: Mapping[str, float] | Callable[[Backbone], Method],
     train,
     val,
     seed: int,
     device: str = "auto",
     on_epoch: Callable[[int, float, float], None] | None = None,
 ) -> tuple[Backbone, TrainResult]:
-    """One fine-tune of a fresh model with the given per-block learning rates.
+    """One fine-tune of a fresh model.
+
+    Args:
+        method: learning rate per fine-tuned block, or a function that builds a
+            :class:`~biotune_optuna.training.Method` for the fresh backbone (baselines).
 
     Returns:
         (the backbone, now holding its best-epoch weights; the training result).
     """
     backbone = build_backbone(config, seed)
-    return backbone, fine_tune(backbone, lr_by_block, train, val, config.recipe, seed, device, on_epoch)
+    chosen = method(backbone) if callable(method) else method
+    return backbone, fine_tune(backbone, chosen, train, val, config.recipe, seed, device, on_epoch)
+
+
+def generation_of_number(number: int, population_size: int, n_elites: int) -> int:
+    """The BioTune generation a trial number would fall in (P, then P + E per generation):
+    trials of Optuna's own samplers on the same budget rotate folds like BioTune's do."""
+    if number < population_size:
+        return 0
+    return 1 + (number - population_size) // (population_size + n_elites)
 
 
 class Objective:
@@ -82,7 +95,11 @@ class Objective:
         cfg = self.config
         genome = [trial.suggest_float(name, 0.0, 1.0) for name in param_names(cfg.blocks)]
         record = slot_record(trial)
-        fold = record["fold"] if record and record.get("state") == "claimed" else 0
+        if record and record.get("state") == "claimed":
+            fold = record["fold"]
+        else:  # another sampler on the same space: rotate folds by the equivalent generation
+            generation = generation_of_number(trial.number, cfg.population_size, cfg.n_elites)
+            fold = fold_of_generation(generation, cfg.n_folds)
         plan = decode(genome, cfg.blocks, cfg.recipe.base_lr)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr("fold", fold)

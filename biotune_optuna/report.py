@@ -11,25 +11,19 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import optuna
 
+from biotune_optuna.backbones import Backbone
 from biotune_optuna.data import Splits
 from biotune_optuna.genome import decode
 from biotune_optuna.objective import train_plan
 from biotune_optuna.sampler import slot_record
-from biotune_optuna.study import StudyConfig
-from biotune_optuna.training import evaluate, pick_device
-
-#: Baselines available in the final report, as functions of (blocks, base_lr) → lr_by_block.
-BASELINES: dict[str, tuple[str, Callable[[tuple[str, ...], float], dict[str, float]]]] = {
-    "full": ("Full fine-tuning", lambda blocks, lr: {b: lr for b in blocks}),
-    "linear": ("Linear probing", lambda blocks, lr: {blocks[-1]: lr}),
-}
-
+from biotune_optuna.study import ConfigError, StudyConfig
+from biotune_optuna.training import Method, evaluate, pick_device
 
 @dataclass
 class MethodResult:
@@ -75,7 +69,7 @@ def evaluate_method(
     name: str,
     config: StudyConfig,
     splits: Splits,
-    lr_by_block: dict[str, float],
+    method: Mapping[str, float] | Callable[[Backbone], Method],
     device: str = "auto",
     on_seed: Callable[[str, int, float], None] | None = None,
 ) -> MethodResult:
@@ -83,21 +77,22 @@ def evaluate_method(
 
     Args:
         name: display name of the method.
-        lr_by_block: learning rate per fine-tuned block (others frozen).
+        method: learning rate per fine-tuned block (others frozen), or a function building a
+            baseline :class:`~biotune_optuna.training.Method` for each fresh backbone.
         on_seed: called as ``on_seed(name, seed, test_accuracy)`` after each seed.
     """
     accs, seconds, fraction = [], 0.0, 0.0
     dev = pick_device(device)
     for seed in config.seeds:
         start = time.perf_counter()
-        backbone, result = train_plan(config, lr_by_block, splits.train, splits.val, seed, device)
+        backbone, result = train_plan(config, method, splits.train, splits.val, seed, device)
         acc = evaluate(backbone.model, splits.test, backbone, dev, config.recipe.eval_batch_size, config.recipe.amp)
         seconds += time.perf_counter() - start
         fraction = result.trainable_fraction
         accs.append(acc)
         if on_seed is not None:
             on_seed(name, seed, acc)
-    blocks = [b for b in config.blocks if b in lr_by_block]
+    blocks = [b for b in config.blocks if b in method] if isinstance(method, Mapping) else None
     return MethodResult(name, accs, 100.0 * fraction, seconds, trainable_blocks=blocks)
 
 
@@ -105,20 +100,32 @@ def search_summary(study: optuna.Study, config: StudyConfig) -> tuple[tuple[floa
     """Best-ever genome of a finished search, its wall time (s) and evaluations used.
 
     Raises:
-        ValueError: if the search has not closed its initial population yet.
+        ConfigError: if the search has not closed its initial population yet.
     """
     state = config.sampler().search_state(study)
     if state.best is None:
-        raise ValueError(f"study {study.study_name!r} has no closed generation yet: run workers first")
+        raise ConfigError(f"study {study.study_name!r} has no closed generation yet: run workers first")
     trials = [
         t
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if (slot_record(t) or {}).get("state") == "claimed"
     ]
+    return state.best.genome, _wall_time(trials), len(trials)
+
+
+def _wall_time(trials: Sequence[optuna.trial.FrozenTrial]) -> float:
+    """Seconds from the first trial's start to the last one's end (0 without trials)."""
     starts = [t.datetime_start for t in trials if t.datetime_start]
     ends = [t.datetime_complete for t in trials if t.datetime_complete]
-    seconds = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
-    return state.best.genome, seconds, len(trials)
+    return (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+
+
+def _search_row(name: str, study: optuna.Study, config: StudyConfig, genome, splits, device, on_seed) -> MethodResult:
+    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    plan = decode(genome, config.blocks, config.recipe.base_lr)
+    row = evaluate_method(name, config, splits, plan.lr_by_block, device, on_seed)
+    row.search_seconds, row.evaluations = _wall_time(trials), len(trials)
+    return row
 
 
 def final_report(
@@ -127,15 +134,26 @@ def final_report(
     splits: Splits,
     device: str = "auto",
     on_seed: Callable[[str, int, float], None] | None = None,
+    baselines: Sequence[str] | None = None,
+    sampler_studies: Mapping[str, optuna.Study] | None = None,
 ) -> list[MethodResult]:
-    """BioTune's best-ever genome and ``config.baselines`` under the final protocol (spec §8)."""
+    """The final protocol (spec §8) for BioTune's best-ever genome, the best genome of each
+    other sampler's study, and each baseline (default ``config.baselines``)."""
+    from biotune_optuna.baselines import LABELS, make_baseline
+    from biotune_optuna.comparison import SAMPLERS, best_genome
+
     genome, seconds, n_eval = search_summary(study, config)
     plan = decode(genome, config.blocks, config.recipe.base_lr)
     rows = [evaluate_method("BioTune", config, splits, plan.lr_by_block, device, on_seed)]
     rows[0].search_seconds, rows[0].evaluations = seconds, n_eval
-    for key in config.baselines:
-        label, lrs = BASELINES[key]
-        rows.append(evaluate_method(label, config, splits, lrs(config.blocks, config.recipe.base_lr), device, on_seed))
+    for key, other in (sampler_studies or {}).items():
+        label = f"{SAMPLERS[key]} (same budget)"
+        rows.append(_search_row(label, other, config, best_genome(other, config), splits, device, on_seed))
+    base_lr = config.recipe.base_lr
+    for key in config.baselines if baselines is None else baselines:
+        rows.append(
+            evaluate_method(LABELS[key], config, splits, lambda bb, key=key: make_baseline(key, bb, base_lr), device, on_seed)
+        )
     return rows
 
 

@@ -232,8 +232,15 @@ def load_config(study: optuna.Study) -> StudyConfig:
     return StudyConfig.from_dict(raw)
 
 
-def create_or_resume(storage: optuna.storages.BaseStorage, name: str, config: StudyConfig) -> tuple[optuna.Study, bool]:
+def create_or_resume(
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    config: StudyConfig,
+    sampler: optuna.samplers.BaseSampler | None = None,
+) -> tuple[optuna.Study, bool]:
     """Create the study with ``config``, or open it if it exists with the same config.
+
+    ``sampler`` defaults to the study's :class:`BioTuneSampler` (others: comparison runs).
 
     Returns:
         (study, resumed): ``resumed`` is True when the study already existed.
@@ -243,7 +250,7 @@ def create_or_resume(storage: optuna.storages.BaseStorage, name: str, config: St
     """
     wanted = json.loads(json.dumps(config.to_dict()))  # as stored: tuples become lists
     try:
-        study = optuna.load_study(study_name=name, storage=storage, sampler=config.sampler())
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler or config.sampler())
     except KeyError:
         study = None
     if study is not None:
@@ -255,7 +262,7 @@ def create_or_resume(storage: optuna.storages.BaseStorage, name: str, config: St
                 "choose another --study-name or repeat the original options"
             )
         return study, True
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=config.sampler())
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler or config.sampler())
     try:
         study.set_user_attr(CONFIG_ATTR, wanted)
         with warnings.catch_warnings():

@@ -20,6 +20,7 @@ import logging
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -114,7 +115,29 @@ def check_fingerprints(config: StudyConfig, splits: Splits) -> None:
         raise ConfigError(f"this worker's weights for {config.model} differ from the study's (sha256 mismatch)")
 
 
+def publish_quietly(study: optuna.Study, config: StudyConfig) -> None:
+    """Refresh the study's dashboard pages; a failure is logged, never fatal to the search."""
+    from biotune_optuna.dashboard import publish
+
+    try:
+        publish(study, config)
+    except Exception as e:  # noqa: BLE001 - plots are a view; the search goes on without them
+        _logger.warning("could not update the dashboard pages (%s: %s)", type(e).__name__, e)
+
+
 _DATABASE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
+
+
+def _reaped_while_running(error: BaseException) -> bool:
+    """True for the ways Optuna 5.0 reports that this worker's trial was failed by someone else
+    (the stale-trial reaper, the dashboard) while it ran: ``AssertionError: Should not reach.``
+    from ``optimize``, ``ValueError: Cannot tell a FAIL trial.``, or
+    ``UpdateFinishedTrialError`` from a write to the finished trial."""
+    return (
+        (isinstance(error, AssertionError) and "Should not reach" in str(error))
+        or (isinstance(error, ValueError) and "Cannot tell a" in str(error))
+        or isinstance(error, optuna.exceptions.UpdateFinishedTrialError)
+    )
 
 
 def _database_cause(error: BaseException) -> BaseException | None:
@@ -162,6 +185,8 @@ def run_worker(
     Raises:
         ConfigError: unreachable database, missing study, or a dataset/weights mismatch.
     """
+    # Heartbeats and fail_stale_trials are marked experimental in Optuna 5.0; workers rely on them on purpose.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     storage = connect(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period, wait_seconds=wait_seconds)
     study = wait_for_study(storage, study_name, wait_seconds)
     config = load_config(study)
@@ -187,12 +212,15 @@ def run_worker(
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, on_signal)
-    ran, delay, told = 0, 0.5, 0.0
+    ran, delay, told, published = 0, 0.5, 0.0, -1
     try:
         while not stop.is_set() and (max_trials is None or ran < max_trials):
             try:
                 optuna.storages.fail_stale_trials(study)
                 state = sampler.search_state(study)
+                if len(state.populations) > published:  # a generation closed: refresh the dashboard
+                    published = len(state.populations)
+                    publish_quietly(study, config)
                 if state.finished:
                     _logger.info("the search is finished: worker exits after %d trial(s)", ran)
                     break
@@ -207,7 +235,7 @@ def run_worker(
                 study.optimize(objective, n_trials=1, catch=(Exception,))
                 ran += 1
             except Exception as e:  # noqa: BLE001 - sorted below; anything else is re-raised
-                if isinstance(e, AssertionError) and "Should not reach" in str(e):
+                if _reaped_while_running(e):
                     _logger.warning(
                         "a trial of this worker was reaped as stale while it ran; its result is lost and its slot will be redone"
                     )

