@@ -316,7 +316,7 @@ def _weights_path(name: str, weights_file: str | os.PathLike | None) -> Path:
     if weights_file is not None:
         path = Path(weights_file)
         if not path.is_file():
-            raise BackboneError(f"{name}: weights file {str(path)!r} does not exist")
+            raise BackboneError(f"{name}: weights file {str(path)!r} " + ("is a directory" if path.is_dir() else "does not exist"))
         return path
     if name in _TORCHVISION:
         path = _torchvision_file(name)
@@ -325,7 +325,7 @@ def _weights_path(name: str, weights_file: str | os.PathLike | None) -> Path:
             raise BackboneError(
                 f"{name}: pretrained weights file {path.name} not found in {path.parent}; "
                 f"download {url} on a machine with internet and copy it into that directory "
-                f"(or pass weights_file=..., or use pretrained=False)"
+                f"(or give the file with --weights-file)"
             )
         return path
     if name in _PACKAGED:
@@ -333,7 +333,7 @@ def _weights_path(name: str, weights_file: str | os.PathLike | None) -> Path:
         if not path.is_file():
             raise BackboneError(f"{name}: packaged weights file {path} is missing; reinstall its package")
         return path
-    raise BackboneError(f"{name}: no offline weights for this timm model; pass weights_file=... or use pretrained=False")
+    raise BackboneError(f"{name}: no offline weights for this timm model; give a weights file with --weights-file")
 
 
 def weights_fingerprint(name: str, weights_file: str | os.PathLike | None = None) -> str:

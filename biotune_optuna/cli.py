@@ -24,7 +24,7 @@ from rich.table import Table
 from biotune_optuna.backbones import BackboneError, available_models, load_backbone, weights_fingerprint
 from biotune_optuna.baselines import BASELINES
 from biotune_optuna.comparison import SAMPLERS
-from biotune_optuna.data import DATASETS, DataError, DatasetSpec, load_dataset
+from biotune_optuna.data import DATASETS, DataError, DatasetSpec, load_dataset, stratified_folds
 from biotune_optuna.genome import decode
 from biotune_optuna.study import (
     MAX_LISTED_FILES,
@@ -68,6 +68,17 @@ examples:
       The paper's setting (P=10, E=3, G=10, 3 seeds, ResNet-50) on your image folder.
   biotune-optuna status --storage sqlite:///biotune-runs/NAME/study.db --study-name NAME
 """
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows ``(default: X)`` for options with a real default, and only where the help text
+    does not already say its default (preset-dependent options say it themselves)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def _study_options(p: argparse.ArgumentParser) -> None:
@@ -119,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
             "genome, full fine-tuning and linear probing on the full training split with every seed and "
             "print their test accuracy. Running the same command again resumes an interrupted search."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     _study_options(run)
     g = run.add_argument_group("execution")
@@ -138,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
             "fingerprints, recipe, folds, seeds, P/E/G, sampler seed). Workers then need only --storage and "
             "--study-name. Running it again with the same options is a no-op; other options are refused."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     _study_options(create)
     _storage_options(create)
@@ -151,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
             "Stateless: start as many as you like, on any machines, at any time; SIGTERM/SIGINT fail the "
             "current trial cleanly (its slot is redone) and exit 0."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     _storage_options(worker)
     worker.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -169,7 +180,7 @@ def _parser() -> argparse.ArgumentParser:
             "same search space with BioTune's budget (each in its own study <name>.<sampler>, resumable). Writes "
             "report.json, report.md, PNG plots and a self-contained report.html."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     _storage_options(compare)
     compare.add_argument("--baselines", default="all", help=f"comma-separated from {', '.join(BASELINES)}, or all, or empty")
@@ -182,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
         "dashboard",
         help="optuna-dashboard on a study's storage (localhost only)",
         description="Start optuna-dashboard on the storage, bound to 127.0.0.1 (it has no authentication).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     dash.add_argument("--storage", help="storage URL (default $BIOTUNE_STORAGE or $BIOTUNE_STORAGE_FILE)")
     dash.add_argument("--host", default="127.0.0.1", help="address to bind; only loopback unless --allow-remote")
@@ -256,8 +267,14 @@ def _config_from_args(s: dict) -> tuple[StudyConfig, object]:
     if s["dataset"] == "folder" and not s.get("data_path"):
         raise ConfigError("--dataset folder needs --data-path DIR")
     spec = DatasetSpec(s["dataset"], s.get("data_path"), s["image_size"], s.get("train_size"), s.get("val_size"), s.get("test_size"))
+    _check_device(s.get("device", "auto"))
     with console.status(f"loading dataset {spec.name}…"):
         splits = load_dataset(spec)
+    for part, images in (("training", splits.train), ("validation", splits.val)):
+        try:
+            stratified_folds(images.labels.tolist(), s["folds"])
+        except ValueError as e:
+            raise ConfigError(f"--folds {s['folds']} does not fit the {part} split: {e}") from None
     with console.status(f"loading {s['model']}…"):
         backbone = load_backbone(s["model"], len(splits.classes), weights_file=s.get("weights_file"))
         sha = weights_fingerprint(s["model"], s.get("weights_file"))
@@ -276,12 +293,25 @@ def _config_from_args(s: dict) -> tuple[StudyConfig, object]:
     return config, splits
 
 
+def _check_device(device: str) -> None:
+    """Refuse a device that cannot work before any trial is made (a bad device is not the genome's fault)."""
+    from biotune_optuna.training import pick_device
+
+    try:
+        pick_device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"--device {device!r}: {str(e).splitlines()[0]}") from None
+
+
 def _search(study: optuna.Study, config: StudyConfig, splits, device: str, workers: int) -> None:
     from biotune_optuna.objective import Objective
     from biotune_optuna.worker import publish_quietly
 
     sampler = config.sampler()
     study.sampler = sampler
+    if sampler.search_state(study).finished:
+        console.print("the search is already finished")
+        return
     done0 = sampler.search_state(study).resolved
     failures = []
     columns = (TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
@@ -394,13 +424,14 @@ def _report_dir(args: argparse.Namespace, url: str, study_name: str) -> Path:
     return Path("reports") / study_name
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
+def cmd_compare(args: argparse.Namespace) -> int:  # noqa: D103
     from biotune_optuna.comparison import run_search
     from biotune_optuna.objective import Objective
 
     baselines = _parse_list(args.baselines, list(BASELINES), "baseline")
     samplers = _parse_list(args.samplers, list(SAMPLERS), "sampler")
     _positive("workers", args.workers)
+    _check_device(args.device)
     study, config = _open_study(args)
     splits = _load_checked(config)
     others = {}
@@ -455,6 +486,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     if args.max_trials is not None and args.max_trials < 1:
         raise ConfigError(f"--max-trials must be ≥ 1, got {args.max_trials}")
+    _check_device(args.device)
     if not 0 < args.heartbeat_interval < args.grace_period:
         raise ConfigError("--heartbeat-interval must be > 0 and smaller than --grace-period")
     ran = run_worker(
@@ -538,6 +570,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return commands[args.command](args)
     except (ConfigError, DataError, BackboneError) as e:
         console.print(f"[red]biotune-optuna: error:[/] {e}", highlight=False)
+        return 2
+    except OSError as e:  # an --out that is a file, a directory without write permission…
+        console.print(f"[red]biotune-optuna: error:[/] {e.strerror or e}: {e.filename or ''}", highlight=False)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted: run the same command again to resume the study")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import statistics
+import threading
 from collections.abc import Callable, Mapping
 
 import optuna
@@ -23,10 +24,20 @@ from biotune_optuna.study import StudyConfig
 from biotune_optuna.training import Method, TrainResult, fine_tune, seed_everything
 
 
+_BUILD_LOCK = threading.Lock()
+
+
 def build_backbone(config: StudyConfig, seed: int) -> Backbone:
-    """A fresh pretrained model with a new head, seeded as spec §4 says (seed, then build)."""
-    seed_everything(seed)
-    return load_backbone(config.model, len(config.classes), weights_file=config.weights_file)
+    """A fresh pretrained model with a new head, seeded as spec §4 says (seed, then build).
+
+    Seeding and building happen under one lock, so threads of one process (``run --workers N``)
+    get the same head initialisation as a single worker. Dropout during training still draws
+    from torch's process-wide generator: for bit-exact repeats across worker counts, run
+    workers as separate processes (``biotune-optuna worker``).
+    """
+    with _BUILD_LOCK:
+        seed_everything(seed)
+        return load_backbone(config.model, len(config.classes), weights_file=config.weights_file)
 
 
 def train_plan(

@@ -63,8 +63,8 @@ class Recipe:
         for name in ("max_epochs", "patience", "batch_size", "eval_batch_size", "cosine_t_max"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', ' ')} must be ≥ 1, got {getattr(self, name)}")
-        if not self.base_lr > 0:
-            raise ValueError(f"base learning rate must be > 0, got {self.base_lr}")
+        if not (self.base_lr > 0 and math.isfinite(self.base_lr)):
+            raise ValueError(f"base learning rate must be a finite number > 0, got {self.base_lr}")
         if self.frozen_bn not in ("eval", "train"):
             raise ValueError(f"frozen_bn must be 'eval' or 'train', got {self.frozen_bn!r}")
 

@@ -116,6 +116,10 @@ def folders(tmp_path):
         (["--elites", "4", "--population", "4"], "elites"),
         (["--train-size", "0"], "--train-size"),
         (["--seeds", "1,x"], "--seeds"),
+        (["--device", "gpu"], "--device"),
+        (["--folds", "400"], "--folds"),
+        (["--lr", "inf"], "learning rate"),
+        (["--out", "{one}/cat/0.png"], "0.png"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_leaves_no_study(tmp_path, folders, args, message):

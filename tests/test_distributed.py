@@ -66,12 +66,28 @@ def completed_slots(url: str, name: str) -> dict:
     return {k: v[0] for k, v in out.items()}
 
 
+_SPAWNED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_workers():
+    """A failing test must not leave its worker processes running."""
+    yield
+    while _SPAWNED:
+        proc = _SPAWNED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
 def start_worker(url: str, name: str, **env: str) -> subprocess.Popen:
     full_env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **env}
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, str(TESTS / "_toy.py"), url, name],
         env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
+    _SPAWNED.append(proc)
+    return proc
 
 
 def finish(workers, timeout: float = 240.0) -> list[str]:
@@ -170,6 +186,7 @@ def test_twenty_workers_started_with_create_on_an_empty_database_share_the_study
         subprocess.Popen([sys.executable, str(TESTS / "_toy.py"), pg_url, "crowd"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for _ in range(20)
     ]
+    _SPAWNED.extend(workers)
     creator = subprocess.run(
         [*CLI, "create", "--storage", pg_url, "--study-name", "crowd", "--dataset", "digits", "--image-size", "8",
          "--population", "4", "--elites", "1", "--generations", "2", "--seeds", "684"],

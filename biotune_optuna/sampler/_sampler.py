@@ -246,6 +246,16 @@ class BioTuneSampler(BaseSampler):
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if "fixed_params" in trial.system_attrs:
             return  # an enqueued trial: evaluated as given, outside the generations
+        try:
+            self._wait_and_claim(study, trial)
+        except KeyboardInterrupt:
+            # Stopped (SIGINT/SIGTERM) while waiting inside ask(): Optuna will not fail this trial
+            # itself, so do it here, or it would stay RUNNING and block later trials.
+            study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            raise
+
+    def _wait_and_claim(self, study: optuna.Study, trial: FrozenTrial) -> None:
         storage, trial_id = study._storage, trial._trial_id
         storage.set_trial_system_attr(trial_id, SLOT_ATTR, {"state": "waiting", "at": time.time()})
         delay, refreshed, told = self.poll_interval, time.time(), 0.0
