@@ -9,7 +9,6 @@ import pytest
 
 from biotune_optuna.genome import param_names
 from biotune_optuna.sampler import SLOT_ATTR, BioTuneSampler, GAConfig, fold_of_generation, search_state
-from biotune_optuna.sampler import _operators as ops
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 BLOCKS = ["stem", "b1", "b2", "head"]
@@ -70,7 +69,6 @@ def test_accepted_hill_climb_replaces_the_elite_and_best_ever_is_kept():
     plus_genome = None
 
     def fitness(genome):
-        nonlocal plus_genome
         return 0.01 if genome == plus_genome else toy_fitness(genome) + 0.1
 
     results = {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from biotune_optuna.backbones import load_backbone
 from biotune_optuna.data import DatasetSpec, load_dataset
