@@ -561,6 +561,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``biotune-optuna`` command; returns the exit status."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    for chatty in ("kaleido", "choreographer", "logistro"):  # PNG export logs every browser step at INFO
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     commands = {
         "run": cmd_run, "create": cmd_create, "worker": cmd_worker, "status": cmd_status, "report": cmd_report,

@@ -224,7 +224,7 @@ def comparison_figure(rows: Iterable[Any]) -> go.Figure:
         fig.add_scatter(
             x=[float(r.trainable_percent)], y=[100.0 * float(r.mean)],
             error_y={"type": "data", "array": [100.0 * float(r.std)], "visible": True},
-            mode="markers+text", text=[r.method], textposition="top right", name=r.method,
+            mode="markers+text", text=[r.method], textposition="top center", name=r.method,
             marker={"size": 12},
             hovertemplate=(
                 f"{html.escape(str(r.method))}<br>test acc %{{y:.2f}} ± {100 * float(r.std):.2f} %"
