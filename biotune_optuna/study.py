@@ -9,15 +9,18 @@ study across machines uses PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 import sqlalchemy.exc
+import sqlalchemy.pool
 from sqlalchemy.engine import make_url
 
 from biotune_optuna.data import DatasetSpec
@@ -183,7 +186,7 @@ def open_storage(
     url = driver_url(url)
     kwargs = {"pool_pre_ping": True} if not url.startswith("sqlite") else {}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _schema_lock(url):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat args
             return optuna.storages.RDBStorage(
                 url,
@@ -194,6 +197,38 @@ def open_storage(
             )
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError, ValueError, RuntimeError) as e:
         raise ConfigError(f"cannot open storage {redact(url)}: {database_error(e, url)}") from None
+
+
+#: PostgreSQL advisory lock key held while a process sets up or checks the Optuna schema.
+SCHEMA_LOCK_KEY = 0x62696F74756E65  # "biotune"
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """Hold a PostgreSQL session advisory lock while the storage is opened.
+
+    Opening an ``RDBStorage`` writes even with ``skip_table_creation``: it inserts the
+    ``version_info`` row and stamps ``alembic_version`` (creating that table) when they are
+    missing. Processes doing this together on a new database collide on
+    ``pg_type_typname_nsp_index`` (spec/optuna-pitfalls.md, "Storage"), so ``create``, ``run``
+    and every worker take this lock first. Other databases: no lock (SQLite serialises writers).
+    """
+    if not url.startswith("postgresql"):
+        yield
+        return
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            connection.commit()
+            try:
+                yield
+            finally:
+                with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):  # a lost connection frees it too
+                    connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                    connection.commit()
+    finally:
+        engine.dispose()
 
 
 def driver_url(url: str) -> str:

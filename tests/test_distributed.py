@@ -180,6 +180,39 @@ def test_trial_reaped_while_its_worker_runs_does_not_crash_the_worker(pg_url):
 CLI = [sys.executable, "-m", "biotune_optuna"]
 
 
+_OPEN_AT_ONCE = """
+import pathlib, sys, time
+from biotune_optuna.study import open_storage
+from biotune_optuna.worker import connect
+url, gate, create = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3] == "1"
+(gate / f"ready-{sys.argv[4]}").touch()
+while not (gate / "go").exists():
+    time.sleep(0.005)
+open_storage(url, create_tables=True) if create else connect(url, wait_seconds=60)
+"""
+
+
+def test_processes_opening_a_new_database_together_never_race_on_the_schema(pg_url, tmp_path):
+    # spec/optuna-pitfalls.md: unguarded, 11 of 12 such processes died with a duplicate-key error.
+    # Half create the schema (`create`, `run`), half are workers (retrying until it exists).
+    n = 10
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _OPEN_AT_ONCE, pg_url, str(tmp_path), str(int(i % 2 == 0)), str(i)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(n)
+    ]
+    _SPAWNED.extend(procs)
+    deadline = time.time() + 180
+    while len(list(tmp_path.glob("ready-*"))) < n and time.time() < deadline:
+        time.sleep(0.05)
+    (tmp_path / "go").touch()  # every process has imported: they all open the storage at once
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    failed = [out for p, out in zip(procs, outputs) if p.returncode != 0]
+    assert not failed, f"{len(failed)} of {n} failed; first:\n{failed[0]}"
+    storage = open_storage(pg_url)  # a complete schema: a worker opens it without creating anything
+    assert storage.get_all_studies() == []
+
+
 def test_twenty_workers_started_with_create_on_an_empty_database_share_the_study(pg_url, tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "TOY_DELAY": "0.1"}
     workers = [
