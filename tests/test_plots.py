@@ -159,7 +159,7 @@ def test_accuracy_vs_params_has_one_point_per_complete_trial(searched):
     assert list(scatter.y) == pytest.approx([t.value for t in trials])
     assert list(scatter.marker.color) == [t.system_attrs[SLOT_ATTR]["generation"] for t in trials]
     first = trials[0]
-    assert f"trial {first.number}" in scatter.text[0] and first.user_attrs["role"] in scatter.text[0]
+    assert f"trial {first.number}" in scatter.text[0] and first.user_attrs["slot"]["role"] in scatter.text[0]
     assert ", ".join(first.user_attrs["trainable_blocks"]) in scatter.text[0]
 
 

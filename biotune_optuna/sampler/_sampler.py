@@ -2,10 +2,10 @@
 
 How a trial gets its genome (DESIGN.md, "Sampler" contracts):
 
-1. ``before_trial`` writes the trial's slot record (ONE trial system attribute,
-   :data:`SLOT_ATTR`) as ``waiting``, then waits until every lower-numbered RUNNING trial has
-   claimed a slot (a predecessor whose record has not been refreshed for ``claim_timeout``
-   seconds — its worker died — stops blocking).
+1. ``before_trial`` waits until every lower-numbered RUNNING trial has claimed a slot (a
+   predecessor that has neither claimed nor refreshed its ``waiting`` record — ONE trial system
+   attribute, :data:`SLOT_ATTR`, written only when a wait is long — for ``claim_timeout``
+   seconds since it started or last refreshed is presumed dead and stops blocking).
 2. It replays the search from the finished trials (:func:`search_state`) and claims the lowest
    slot of the open generation that no COMPLETE or RUNNING trial holds, writing the whole
    proposal (generation, slot, role, parents, genome, fold) into the same attribute.
@@ -30,6 +30,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -46,6 +47,8 @@ _logger = logging.getLogger(__name__)
 
 #: The trial system attribute that holds a trial's slot record.
 SLOT_ATTR = "biotune:slot"
+#: The user attribute with a readable copy of the claim: generation, slot, role, fold.
+SLOT_USER_ATTR = "slot"
 #: Set on a FAIL trial whose evaluation raised (told by its worker), as opposed to one that was
 #: interrupted (user attribute ``interrupted``) or reaped after its worker died.
 FAILED_ATTR = "biotune:failed"
@@ -66,6 +69,19 @@ def slot_record(trial: optuna.trial.BaseTrial | FrozenTrial) -> dict | None:
     if isinstance(trial, FrozenTrial):
         return trial.system_attrs.get(SLOT_ATTR)
     return trial.study._storage.get_trial_system_attrs(trial._trial_id).get(SLOT_ATTR)
+
+
+@dataclass
+class _Tally:
+    """Results and failure counts folded in from the trials numbered below ``upto``."""
+
+    upto: int = 0
+    results: dict[tuple[int, int], float] = field(default_factory=dict)
+    failures: Counter = field(default_factory=Counter)
+    interruptions: Counter = field(default_factory=Counter)
+
+    def copy(self) -> _Tally:
+        return _Tally(self.upto, dict(self.results), self.failures.copy(), self.interruptions.copy())
 
 
 class BioTuneSampler(BaseSampler):
@@ -141,6 +157,7 @@ class BioTuneSampler(BaseSampler):
         self._space = {name: FloatDistribution(0.0, 1.0) for name in param_names(self.blocks)}
         self._claims: dict[int, dict] = {}
         self._cache: dict = {}
+        self._tallies: dict[int, _Tally] = {}
         self._warned: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
         self._fallback = RandomSampler(seed=seed)
@@ -150,29 +167,49 @@ class BioTuneSampler(BaseSampler):
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
         return 1.0 - value if maximize else value
 
-    def _tally(self, study: optuna.Study, trials: Sequence[FrozenTrial]) -> tuple[SearchState, set, dict]:
-        results: dict[tuple[int, int], float] = {}
-        held: set[tuple[int, int]] = set()
-        failures: Counter = Counter()  # the evaluation itself failed (exception, NaN…)
-        interruptions: Counter = Counter()  # worker stopped or died: not the genome's fault
-        for t in sorted(trials, key=lambda t: t.number):
-            rec = t.system_attrs.get(SLOT_ATTR)
-            if not rec or rec.get("state") != "claimed":
-                continue
-            key = (rec["generation"], rec["slot"])
-            if t.state == TrialState.COMPLETE and t.value is not None:
-                results.setdefault(key, self._fitness(study, t.value))
-            elif t.state == TrialState.PRUNED:
-                results.setdefault(key, WORST_FITNESS)
-            elif t.state == TrialState.RUNNING:
-                held.add(key)
-            elif t.state == TrialState.FAIL:
-                if t.system_attrs.get(FAILED_ATTR) and not t.user_attrs.get("interrupted"):
-                    failures[key] += 1
-                else:
-                    interruptions[key] += 1
-        for key in set(failures) | set(interruptions):
-            n, m = failures[key], interruptions[key]
+    def _fold(self, study: optuna.Study, t: FrozenTrial, tally: _Tally, held: set | None) -> None:
+        """Add one trial to ``tally`` (and a RUNNING one's slot to ``held``)."""
+        rec = t.system_attrs.get(SLOT_ATTR)
+        if not rec or rec.get("state") != "claimed":
+            return
+        key = (rec["generation"], rec["slot"])
+        if t.state == TrialState.COMPLETE and t.value is not None:
+            tally.results.setdefault(key, self._fitness(study, t.value))
+        elif t.state == TrialState.PRUNED:
+            tally.results.setdefault(key, WORST_FITNESS)
+        elif t.state == TrialState.RUNNING and held is not None:
+            held.add(key)
+        elif t.state == TrialState.FAIL:
+            if t.system_attrs.get(FAILED_ATTR) and not t.user_attrs.get("interrupted"):
+                tally.failures[key] += 1  # the evaluation itself failed (exception, NaN…)
+            else:
+                tally.interruptions[key] += 1  # worker stopped or died: not the genome's fault
+
+    def _tally(
+        self, study: optuna.Study, trials: Sequence[FrozenTrial], exclude: int | None = None
+    ) -> tuple[SearchState, set, dict]:
+        """Search state, slots taken (resolved or held by a RUNNING trial), failure counts.
+
+        ``trials`` is the study's trial list sorted by number (``trials[i].number == i``), as
+        the storage returns it. The longest prefix of finished trials is folded in once and
+        kept (finished trials never change), so a call costs O(trials after the oldest
+        unfinished one + population), not O(history). ``exclude``: a trial id to ignore.
+        """
+        base = self._tallies.get(study._study_id)
+        if base is None or not trials or trials[-1].number != len(trials) - 1 or base.upto > len(trials):
+            base = self._tallies[study._study_id] = _Tally()
+        i = base.upto
+        while i < len(trials) and trials[i].state.is_finished() and trials[i]._trial_id != exclude:
+            self._fold(study, trials[i], base, None)
+            i += 1
+        base.upto = i
+        tally, held = base.copy(), set()
+        for t in trials[i:]:
+            if t._trial_id != exclude:
+                self._fold(study, t, tally, held)
+        results = tally.results
+        for key in set(tally.failures) | set(tally.interruptions):
+            n, m = tally.failures[key], tally.interruptions[key]
             if key not in results and key not in held and (n > self.max_retries or m > self.max_interruptions):
                 if key not in self._warned:
                     self._warned.add(key)
@@ -182,7 +219,7 @@ class BioTuneSampler(BaseSampler):
                     )
                 results[key] = WORST_FITNESS
         state = search_state(self.config, results, self._cache)
-        return state, held | set(results), dict(failures)
+        return state, held | set(results), dict(tally.failures)
 
     def search_state(self, study: optuna.Study) -> SearchState:
         """Replay the study's finished trials and return where the search stands."""
@@ -256,18 +293,19 @@ class BioTuneSampler(BaseSampler):
             raise
 
     def _wait_and_claim(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        # No record yet reads as "waiting since the trial started" (see _blocks_later_trials): the
+        # record is first written when a wait outlasts claim_timeout / 4, which saves a round trip.
         storage, trial_id = study._storage, trial._trial_id
-        storage.set_trial_system_attr(trial_id, SLOT_ATTR, {"state": "waiting", "at": time.time()})
         delay, refreshed, told = self.poll_interval, time.time(), 0.0
         while True:
             now = time.time()
             trials = storage.get_all_trials(study._study_id, deepcopy=False)
-            earlier_waiting = any(
-                t.number < trial.number and self._blocks_later_trials(t, now) for t in trials
-            )
+            with self._lock:  # trials before the oldest unfinished one cannot block
+                start = self._tallies[study._study_id].upto if study._study_id in self._tallies else 0
+            earlier_waiting = any(self._blocks_later_trials(t, now) for t in trials[start : trial.number])
             if not earlier_waiting:
                 with self._lock:
-                    state, taken, _ = self._tally(study, [t for t in trials if t._trial_id != trial_id])
+                    state, taken, _ = self._tally(study, trials, exclude=trial_id)
                 if state.finished:
                     storage.set_trial_system_attr(trial_id, SLOT_ATTR, {"state": "finished"})
                     self._claims[trial_id] = {"state": "finished"}
@@ -307,6 +345,5 @@ class BioTuneSampler(BaseSampler):
         }
         study._storage.set_trial_system_attr(trial_id, SLOT_ATTR, record)
         self._claims[trial_id] = record
-        # Readable copies for people (dashboard, status); bookkeeping uses the record alone.
-        for key in ("generation", "slot", "role", "fold"):
-            study._storage.set_trial_user_attr(trial_id, key, record[key])
+        # A readable copy for people (dashboard); bookkeeping uses the record alone.
+        study._storage.set_trial_user_attr(trial_id, SLOT_USER_ATTR, {k: record[k] for k in ("generation", "slot", "role", "fold")})
