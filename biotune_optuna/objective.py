@@ -12,12 +12,13 @@ import os
 import socket
 import statistics
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 
 import optuna
 
 from biotune_optuna.backbones import Backbone, load_backbone
 from biotune_optuna.data import Splits, fold_split
+from biotune_optuna.features import DEFAULT_MAX_BYTES, FeatureCache
 from biotune_optuna.genome import decode, param_names
 from biotune_optuna.sampler import fold_of_generation, slot_record
 from biotune_optuna.study import StudyConfig
@@ -48,19 +49,23 @@ def train_plan(
     seed: int,
     device: str = "auto",
     on_epoch: Callable[[int, float, float], None] | None = None,
+    feature_cache: FeatureCache | None = None,
+    data_key: Hashable | None = None,
 ) -> tuple[Backbone, TrainResult]:
     """One fine-tune of a fresh model.
 
     Args:
         method: learning rate per fine-tuned block, or a function that builds a
             :class:`~biotune_optuna.training.Method` for the fresh backbone (baselines).
+        feature_cache, data_key: reuse frozen-prefix features (see
+            :func:`~biotune_optuna.training.fine_tune`); ``data_key`` names ``train``/``val``.
 
     Returns:
         (the backbone, now holding its best-epoch weights; the training result).
     """
     backbone = build_backbone(config, seed)
     chosen = method(backbone) if callable(method) else method
-    return backbone, fine_tune(backbone, chosen, train, val, config.recipe, seed, device, on_epoch)
+    return backbone, fine_tune(backbone, chosen, train, val, config.recipe, seed, device, on_epoch, feature_cache, data_key)
 
 
 def generation_of_number(number: int, population_size: int, n_elites: int) -> int:
@@ -79,6 +84,9 @@ class Objective:
         splits: the loaded dataset (must match ``config.dataset_fingerprint``).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``…
         on_epoch: optional progress hook ``(trial_number, seed_index, epoch, val_acc)``.
+        feature_cache_bytes: memory budget of this worker's frozen-prefix feature cache
+            (bytes; 0 turns it off). Trials on the same fold that freeze the same first blocks
+            compute those blocks once (:mod:`biotune_optuna.features`).
 
     Returns (when called with a trial):
         Mean validation macro accuracy over ``config.seeds``, in [0, 1]; 0.0 without training
@@ -94,6 +102,7 @@ class Objective:
         splits: Splits,
         device: str = "auto",
         on_epoch: Callable[[int, int, int, float], None] | None = None,
+        feature_cache_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         if splits.fingerprint != config.dataset_fingerprint:
             raise ValueError("the dataset differs from the one the study was made with (fingerprint mismatch)")
@@ -101,6 +110,7 @@ class Objective:
         self.splits = splits
         self.device = device
         self.on_epoch = on_epoch
+        self.feature_cache = FeatureCache(feature_cache_bytes)
 
     def __call__(self, trial: optuna.Trial) -> float:
         cfg = self.config
@@ -141,10 +151,14 @@ class Objective:
                 if self.on_epoch is not None:
                     self.on_epoch(trial.number, i, epoch, acc)
 
-            _, result = train_plan(cfg, plan.lr_by_block, train, val, seed, self.device, report)
+            data_key = (cfg.dataset_fingerprint, fold, cfg.n_folds)
+            _, result = train_plan(
+                cfg, plan.lr_by_block, train, val, seed, self.device, report, self.feature_cache, data_key
+            )
             accuracies.append(result.best_accuracy)
             epochs.append(result.best_epoch)
             trial.set_user_attr("trainable_fraction", round(result.trainable_fraction, 6))
+            trial.set_user_attr("cached_prefix", result.cached_prefix)
         trial.set_user_attr("seed_accuracies", [round(a, 6) for a in accuracies])
         trial.set_user_attr("best_epochs", epochs)
         return statistics.fmean(accuracies)

@@ -20,6 +20,7 @@ import optuna
 from biotune_optuna.backbones import Backbone
 from biotune_optuna.data import Splits
 from biotune_optuna.genome import decode
+from biotune_optuna.features import FeatureCache
 from biotune_optuna.objective import train_plan
 from biotune_optuna.sampler import slot_record
 from biotune_optuna.study import ConfigError, StudyConfig
@@ -72,6 +73,7 @@ def evaluate_method(
     method: Mapping[str, float] | Callable[[Backbone], Method],
     device: str = "auto",
     on_seed: Callable[[str, int, float], None] | None = None,
+    feature_cache: FeatureCache | None = None,
 ) -> MethodResult:
     """Retrain one configuration with every seed on the full splits and score the test split.
 
@@ -80,12 +82,17 @@ def evaluate_method(
         method: learning rate per fine-tuned block (others frozen), or a function building a
             baseline :class:`~biotune_optuna.training.Method` for each fresh backbone.
         on_seed: called as ``on_seed(name, seed, test_accuracy)`` after each seed.
+        feature_cache: frozen-prefix features shared by the seeds (and by other methods that
+            freeze the same first blocks); the test split always runs through the whole model.
     """
     accs, seconds, fraction = [], 0.0, 0.0
     dev = pick_device(device)
     for seed in config.seeds:
         start = time.perf_counter()
-        backbone, result = train_plan(config, method, splits.train, splits.val, seed, device)
+        backbone, result = train_plan(
+            config, method, splits.train, splits.val, seed, device,
+            feature_cache=feature_cache, data_key=(config.dataset_fingerprint, "full"),
+        )
         acc = evaluate(backbone.model, splits.test, backbone, dev, config.recipe.eval_batch_size, config.recipe.amp)
         seconds += time.perf_counter() - start
         fraction = result.trainable_fraction
@@ -120,10 +127,10 @@ def _wall_time(trials: Sequence[optuna.trial.FrozenTrial]) -> float:
     return (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
 
 
-def _search_row(name: str, study: optuna.Study, config: StudyConfig, genome, splits, device, on_seed) -> MethodResult:
+def _search_row(name: str, study: optuna.Study, config: StudyConfig, genome, splits, device, on_seed, cache) -> MethodResult:  # noqa: ANN001
     trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     plan = decode(genome, config.blocks, config.recipe.base_lr)
-    row = evaluate_method(name, config, splits, plan.lr_by_block, device, on_seed)
+    row = evaluate_method(name, config, splits, plan.lr_by_block, device, on_seed, cache)
     row.search_seconds, row.evaluations = _wall_time(trials), len(trials)
     return row
 
@@ -144,15 +151,18 @@ def final_report(
 
     genome, seconds, n_eval = search_summary(study, config)
     plan = decode(genome, config.blocks, config.recipe.base_lr)
-    rows = [evaluate_method("BioTune", config, splits, plan.lr_by_block, device, on_seed)]
+    cache = FeatureCache()
+    rows = [evaluate_method("BioTune", config, splits, plan.lr_by_block, device, on_seed, cache)]
     rows[0].search_seconds, rows[0].evaluations = seconds, n_eval
     for key, other in (sampler_studies or {}).items():
         label = f"{SAMPLERS[key]} (same budget)"
-        rows.append(_search_row(label, other, config, best_genome(other, config), splits, device, on_seed))
+        rows.append(_search_row(label, other, config, best_genome(other, config), splits, device, on_seed, cache))
     base_lr = config.recipe.base_lr
     for key in config.baselines if baselines is None else baselines:
         rows.append(
-            evaluate_method(LABELS[key], config, splits, lambda bb, key=key: make_baseline(key, bb, base_lr), device, on_seed)
+            evaluate_method(
+                LABELS[key], config, splits, lambda bb, key=key: make_baseline(key, bb, base_lr), device, on_seed, cache
+            )
         )
     return rows
 

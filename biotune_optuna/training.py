@@ -5,9 +5,10 @@ block's learning rate (or the groups a baseline :class:`Method` asks for), cosin
 stepped once per epoch, cross-entropy, early stopping
 on validation macro accuracy (patience 3, strict improvement), and the best epoch's weights
 kept in memory. Departures from the reference, on purpose (DESIGN.md): per-block learning
-rates really reach the optimizer; BatchNorm layers of frozen blocks stay in eval mode (their
-running statistics do not drift) unless ``frozen_bn="train"`` asks for the reference
-behaviour.
+rates really reach the optimizer; frozen blocks run in eval mode (BatchNorm running
+statistics do not drift, dropout and stochastic depth are off, so a frozen block is a fixed
+function) unless ``frozen_bn="train"`` asks for the reference behaviour. A frozen prefix can then
+be computed once and cached (:mod:`biotune_optuna.features`).
 
 Uses CUDA when present (bf16 autocast there) and the CPU otherwise; channels_last memory format
 on both by default. Imports no Optuna: progress goes out through the ``on_epoch`` callback.
@@ -15,11 +16,12 @@ on both by default. Imports no Optuna: progress goes out through the ``on_epoch`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -28,6 +30,7 @@ from torch import nn
 
 from biotune_optuna.backbones import Backbone
 from biotune_optuna.data import ImageSet, to_input
+from biotune_optuna.features import Batch, FeatureCache, Features, prefix_features, replay, rows
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,9 @@ class Recipe:
         eval_batch_size: validation/test batch.
         base_lr: base learning rate (spec 1e-3); block learning rates scale it.
         cosine_t_max: CosineAnnealingLR T_max in epochs (spec 100).
-        frozen_bn: ``"eval"`` (default) keeps frozen blocks' BatchNorm statistics fixed;
-            ``"train"`` reproduces the reference, where they keep updating.
+        frozen_bn: ``"eval"`` (default) runs frozen blocks in eval mode (BatchNorm statistics
+            fixed, dropout off); ``"train"`` reproduces the reference, where the statistics of
+            frozen blocks keep updating (and no frozen-prefix cache is possible).
         amp: bf16 autocast on CUDA (ignored on CPU).
         channels_last: NHWC memory format (about 1.6× faster training of EfficientNet-Lite0
             on CPU, and the fast path for tensor cores on CUDA).
@@ -89,6 +93,7 @@ class TrainResult:
         seconds: wall time of the run.
         trainable_params, total_params: parameter counts (trainable = in a fine-tuned block).
         model: the model with the best epoch's weights loaded, in eval mode.
+        cached_prefix: True if the frozen prefix ran once, from the feature cache.
     """
 
     best_accuracy: float
@@ -98,6 +103,7 @@ class TrainResult:
     trainable_params: int
     total_params: int
     model: nn.Module | None = field(default=None, repr=False)
+    cached_prefix: bool = False
 
     @property
     def trainable_fraction(self) -> float:
@@ -164,12 +170,16 @@ def configure(backbone: Backbone, lr_by_block: Mapping[str, float]) -> list[dict
 
 
 def set_train_mode(model: nn.Module, backbone: Backbone, trained: set[str], frozen_bn: str) -> None:
-    """``model.train()``, then BatchNorm of frozen blocks back to eval (unless reference mode)."""
+    """``model.train()``, then every module of a frozen block back to eval mode: BatchNorm
+    statistics stay fixed and dropout / stochastic depth are off, so a frozen block is a fixed
+    function of its input (what the frozen-prefix cache relies on). ``frozen_bn="train"``
+    (reference behaviour) leaves the whole model in train mode."""
     model.train()
     if frozen_bn == "train":
         return
     for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and backbone.block_of(name) not in trained:
+        block = backbone.block_of(name)
+        if block is not None and block not in trained:
             module.eval()
 
 
@@ -187,27 +197,50 @@ def _logits(output: torch.Tensor | tuple) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, images: ImageSet, backbone: Backbone, device: torch.device, batch_size: int = 256, amp: bool = True
+    model: nn.Module,
+    images: ImageSet,
+    backbone: Backbone,
+    device: torch.device,
+    batch_size: int = 256,
+    amp: bool = True,
+    features: Features | None = None,
 ) -> torch.Tensor:
-    """Predicted class of every image, int64 (N,), with the model in eval mode."""
+    """Predicted class of every image, int64 (N,), with the model in eval mode.
+
+    With ``features`` (the cached frozen-prefix features of ``images``, as
+    :func:`biotune_optuna.features.prefix_features` gives for the validation set), only the
+    blocks after the prefix run.
+    """
     model.eval()
     out = []
     use_amp = amp and device.type == "cuda"
     channels_last = _is_channels_last(model)
-    for start in range(0, len(images), batch_size):
-        x = to_input(images.images[start : start + batch_size], backbone.mean, backbone.std).to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            out.append(_logits(model(x)).argmax(1).cpu())
+    current = Batch()
+    with replay(model, features, current) if features is not None else contextlib.nullcontext():
+        for start in range(0, len(images), batch_size):
+            if features is not None:
+                current.rows = rows(features.val, slice(start, start + batch_size), channels_last)
+                x = features.placeholder
+            else:
+                x = to_input(images.images[start : start + batch_size], backbone.mean, backbone.std).to(device)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                out.append(_logits(model(x)).argmax(1).cpu())
     return torch.cat(out)
 
 
 def evaluate(
-    model: nn.Module, images: ImageSet, backbone: Backbone, device: torch.device, batch_size: int = 256, amp: bool = True
+    model: nn.Module,
+    images: ImageSet,
+    backbone: Backbone,
+    device: torch.device,
+    batch_size: int = 256,
+    amp: bool = True,
+    features: Features | None = None,
 ) -> float:
-    """Macro accuracy of ``model`` on ``images``, in [0, 1]."""
-    return macro_accuracy(predict(model, images, backbone, device, batch_size, amp), images.labels)
+    """Macro accuracy of ``model`` on ``images``, in [0, 1] (``features``: see :func:`predict`)."""
+    return macro_accuracy(predict(model, images, backbone, device, batch_size, amp, features), images.labels)
 
 
 class Method:
@@ -277,6 +310,8 @@ def fine_tune(
     seed: int,
     device: torch.device | str = "auto",
     on_epoch: Callable[[int, float, float], None] | None = None,
+    feature_cache: FeatureCache | None = None,
+    data_key: Hashable | None = None,
 ) -> TrainResult:
     """Fine-tune ``backbone.model`` in place and keep its best epoch (spec §4).
 
@@ -290,6 +325,10 @@ def fine_tune(
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``…
         on_epoch: called as ``on_epoch(epoch, val_macro_accuracy, mean_train_loss)`` after each
             epoch (1-based); it may raise to stop training (e.g. ``optuna.TrialPruned``).
+        feature_cache, data_key: with both, a :class:`BlockLR` whose first blocks are frozen
+            trains from cached frozen-prefix features (:mod:`biotune_optuna.features`; same
+            result to float tolerance). ``data_key`` must identify ``train`` and ``val``
+            (e.g. dataset fingerprint and fold). Off with ``frozen_bn="train"``.
 
     Returns:
         A :class:`TrainResult` whose ``model`` holds the best epoch's weights.
@@ -318,14 +357,25 @@ def fine_tune(
     loss_fn = nn.CrossEntropyLoss()
     shuffle = torch.Generator().manual_seed(seed)
     trained = method.trained_blocks(backbone)
+    features = None
+    if feature_cache is not None and data_key is not None and type(method) is BlockLR and recipe.frozen_bn == "eval":
+        features = prefix_features(
+            feature_cache, data_key, backbone, trained, train, val, dev,
+            recipe.eval_batch_size, recipe.channels_last, use_amp,
+        )
+    current = Batch()
 
     def batches(order: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.arange(len(train)) if order is None else order
         for i in range(0, len(order), recipe.batch_size):
             idx = order[i : i + recipe.batch_size]
-            x = to_input(train.images[idx], backbone.mean, backbone.std).to(dev, non_blocking=True)
-            if recipe.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            if features is not None:  # read by the replay hook when the model runs on x
+                current.rows = rows(features.train, idx.to(features.train.device), recipe.channels_last)
+                x = features.placeholder
+            else:
+                x = to_input(train.images[idx], backbone.mean, backbone.std).to(dev, non_blocking=True)
+                if recipe.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
             yield x, train.labels[idx].to(dev, non_blocking=True)
 
     best_acc, best_epoch, best_state, history, stale = -1.0, 0, None, [], 0
@@ -342,17 +392,18 @@ def fine_tune(
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
         losses = []
-        for x, y in batches(torch.randperm(len(train), generator=shuffle)):
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = loss_fn(_logits(model(x)).float(), y)
-            extra = method.penalty(model)
-            if extra is not None:
-                loss = loss + extra
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.detach())
-        acc = evaluate(model, val, backbone, dev, recipe.eval_batch_size, recipe.amp)
+        with replay(model, features, current) if features is not None else contextlib.nullcontext():
+            for x, y in batches(torch.randperm(len(train), generator=shuffle)):
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                    loss = loss_fn(_logits(model(x)).float(), y)
+                extra = method.penalty(model)
+                if extra is not None:
+                    loss = loss + extra
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.detach())
+        acc = evaluate(model, val, backbone, dev, recipe.eval_batch_size, recipe.amp, features)
         history.append(acc)
         if acc > best_acc:
             best_acc, best_epoch, stale = acc, epoch, 0
@@ -365,4 +416,4 @@ def fine_tune(
             break
     model.load_state_dict(best_state)
     model.eval()
-    return TrainResult(best_acc, best_epoch, history, time.perf_counter() - start, trainable, total, model)
+    return TrainResult(best_acc, best_epoch, history, time.perf_counter() - start, trainable, total, model, features is not None)
