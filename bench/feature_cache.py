@@ -46,7 +46,7 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--model", default="tf_efficientnet_lite0")
     ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--images", type=int, default=1200, help="training images of the fold (validation: a quarter)")
+    ap.add_argument("--images", type=int, default=600, help="training images of the fold (validation: a quarter)")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seeds", type=int, default=3, help="fine-tunes per evaluation (paper: 3)")

@@ -24,7 +24,7 @@ from rich.table import Table
 from biotune_optuna.backbones import BackboneError, available_models, load_backbone, weights_fingerprint
 from biotune_optuna.baselines import BASELINES
 from biotune_optuna.comparison import SAMPLERS
-from biotune_optuna.data import DATASETS, DataError, DatasetSpec, load_dataset, stratified_folds
+from biotune_optuna.data import DATASETS, DataError, DatasetSpec, dataset_cache_dir, load_dataset, stratified_folds
 from biotune_optuna.genome import decode
 from biotune_optuna.study import (
     MAX_LISTED_FILES,
@@ -93,6 +93,7 @@ def _study_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-size", type=int, help="cap on training images (stratified subsample; default all)")
     g.add_argument("--val-size", type=int, help="validation images carved from the training split when the dataset has none")
     g.add_argument("--test-size", type=int, help="cap on test images (default all)")
+    _cache_options(g)
     g = p.add_argument_group("search (spec §7)")
     g.add_argument("--population", type=int, help="population size P (default 10)")
     g.add_argument("--elites", type=int, help="elites E, 0 ≤ E < P (default 3)")
@@ -107,6 +108,8 @@ def _study_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, help="training batch size (default 96)")
     g.add_argument("--lr", type=float, default=1e-3, help="base learning rate; block rates are 0.1×–10× this")
     g.add_argument("--frozen-bn", choices=("eval", "train"), default="eval", help="BatchNorm of frozen blocks: eval (fixed statistics) or train (the reference's behaviour)")
+    g.add_argument("--no-amp", action="store_true", help="float32 training and evaluation instead of bf16 mixed precision (AMP is on by default; it only matters on CUDA)")
+    g.add_argument("--no-channels-last", action="store_true", help="NCHW memory format instead of channels_last (channels_last is on by default: faster on CPU and on CUDA tensor cores)")
     g.add_argument("--baselines", default="full,linear", help=f"baselines retrained next to BioTune in the final report (comma-separated from {', '.join(BASELINES)}, or all; empty for none)")
 
 
@@ -139,6 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--storage", help="storage URL instead of the embedded SQLite file (e.g. postgresql://...)")
     g.add_argument("--workers", type=int, default=1, help="local worker threads evaluating trials in parallel")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _feature_cache_option(g)
     g.add_argument("--no-report", action="store_true", help="stop after the search")
 
     create = sub.add_parser(
@@ -166,10 +170,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     _storage_options(worker)
     worker.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _feature_cache_option(worker)
     worker.add_argument("--max-trials", type=int, help="exit after this many trials")
     worker.add_argument("--heartbeat-interval", type=int, default=10, help="seconds between heartbeats of a running trial")
     worker.add_argument("--grace-period", type=int, default=300, help="seconds without heartbeat before another worker fails a trial and redoes its slot")
     worker.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the database and the study to appear")
+    _cache_options(worker)
 
     compare = sub.add_parser(
         "compare",
@@ -187,7 +193,9 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--samplers", default="", help=f"comma-separated from {', '.join(SAMPLERS)}, or all; each costs a whole search")
     compare.add_argument("--workers", type=int, default=1, help="local worker threads for the sampler searches")
     compare.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _feature_cache_option(compare)
     compare.add_argument("--out", help="directory for the report (default: next to an SQLite study, else ./reports/STUDY)")
+    _cache_options(compare)
 
     dash = sub.add_parser(
         "dashboard",
@@ -207,7 +215,39 @@ def _parser() -> argparse.ArgumentParser:
         if name == "report":
             s.add_argument("--out", help="directory for report.json and report.md (default: next to an SQLite study, else .)")
             s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+            _cache_options(s)
     return p
+
+
+def _feature_cache_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument(
+        "--feature-cache-mb", type=int, default=2048, metavar="MB",
+        help="memory for frozen-prefix features: blocks a genome freezes at the input side are computed once "
+        "per fold and reused by every seed and trial (same results, faster); 0 turns it off",
+    )
+
+
+def _feature_cache_bytes(mb: int) -> int:
+    """--feature-cache-mb in bytes. Raises ConfigError below 0."""
+    if mb < 0:
+        raise ConfigError(f"--feature-cache-mb must be ≥ 0 (0 turns the cache off), got {mb}")
+    return mb * 2**20
+
+
+def _cache_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--cache-dir / --no-cache, on every command that loads a dataset."""
+    m = p.add_mutually_exclusive_group()
+    m.add_argument(
+        "--cache-dir", metavar="PATH",
+        help="folder for decoded datasets (in its datasets/ sub-folder), reused while the files and split "
+        "settings stay the same; default $BIOTUNE_CACHE_DIR, else ~/.cache/biotune-optuna",
+    )
+    m.add_argument("--no-cache", action="store_true", help="decode the dataset from its files every time; read and write no cache")
+
+
+def _dataset_cache(s: dict):
+    """The folder given to load_dataset(cache_dir=) for settings/args ``s``; None with --no-cache."""
+    return None if s.get("no_cache") else dataset_cache_dir(s.get("cache_dir"))
 
 
 def _storage_options(p: argparse.ArgumentParser) -> None:
@@ -249,6 +289,17 @@ def _positive(name: str, value: int | None, minimum: int = 1) -> None:
         raise ConfigError(f"--{name} must be ≥ {minimum}, got {value}")
 
 
+def _recipe(s: dict) -> Recipe:
+    """The training recipe of the merged settings ``s`` (see :func:`_settings`)."""
+    try:
+        return Recipe(
+            max_epochs=s["max_epochs"], patience=s["patience"], batch_size=s["batch_size"], base_lr=s["lr"],
+            frozen_bn=s["frozen_bn"], amp=not s.get("no_amp"), channels_last=not s.get("no_channels_last"),
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def _config_from_args(s: dict) -> tuple[StudyConfig, object]:
     for name in ("image_size", "train_size", "val_size", "test_size", "population", "generations", "folds", "max_epochs", "patience", "batch_size", "workers"):
         _positive(name.replace("_", "-"), s.get(name), 0 if name == "generations" else 1)
@@ -260,16 +311,13 @@ def _config_from_args(s: dict) -> tuple[StudyConfig, object]:
     baselines = _parse_list(s["baselines"], list(BASELINES), "baseline")
     if s["elites"] >= s["population"]:
         raise ConfigError(f"--elites must be smaller than --population, got elites={s['elites']}, population={s['population']}")
-    try:
-        recipe = Recipe(max_epochs=s["max_epochs"], patience=s["patience"], batch_size=s["batch_size"], base_lr=s["lr"], frozen_bn=s["frozen_bn"])
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    recipe = _recipe(s)
     if s["dataset"] == "folder" and not s.get("data_path"):
         raise ConfigError("--dataset folder needs --data-path DIR")
     spec = DatasetSpec(s["dataset"], s.get("data_path"), s["image_size"], s.get("train_size"), s.get("val_size"), s.get("test_size"))
     _check_device(s.get("device", "auto"))
     with console.status(f"loading dataset {spec.name}…"):
-        splits = load_dataset(spec)
+        splits = load_dataset(spec, _dataset_cache(s))
     for part, images in (("training", splits.train), ("validation", splits.val)):
         try:
             stratified_folds(images.labels.tolist(), s["folds"])
@@ -303,8 +351,9 @@ def _check_device(device: str) -> None:
         raise ConfigError(f"--device {device!r}: {str(e).splitlines()[0]}") from None
 
 
-def _search(study: optuna.Study, config: StudyConfig, splits, device: str, workers: int) -> None:
+def _search(study: optuna.Study, config: StudyConfig, splits, device: str, workers: int, cache_bytes: int) -> None:
     from biotune_optuna.objective import Objective
+    from biotune_optuna.sampler import slot_record
     from biotune_optuna.worker import publish_quietly
 
     sampler = config.sampler()
@@ -329,12 +378,12 @@ def _search(study: optuna.Study, config: StudyConfig, splits, device: str, worke
             if len(state.populations) > published[0]:  # a generation closed: refresh the dashboard pages
                 published[0] = len(state.populations)
                 publish_quietly(study, config)
-            rec = trial.user_attrs
+            rec, attrs = slot_record(trial) or {}, trial.user_attrs
             if trial.state == optuna.trial.TrialState.COMPLETE:
                 failures.clear()
                 progress.console.print(
                     f"trial {trial.number:>3} · gen {rec.get('generation')} slot {rec.get('slot')} ({rec.get('role')}) · "
-                    f"fold {rec.get('fold')} · {len(rec.get('trainable_blocks', []))}/{len(config.blocks)} blocks · "
+                    f"fold {rec.get('fold')} · {len(attrs.get('trainable_blocks', []))}/{len(config.blocks)} blocks · "
                     f"val {trial.value:.4f}"
                 )
             elif trial.state == optuna.trial.TrialState.FAIL:
@@ -344,7 +393,8 @@ def _search(study: optuna.Study, config: StudyConfig, splits, device: str, worke
                     study.stop()
 
         progress.update(task, completed=done0)
-        study.optimize(Objective(config, splits, device, on_epoch), n_jobs=workers, callbacks=[on_trial], catch=(Exception,))
+        objective = Objective(config, splits, device, on_epoch, feature_cache_bytes=cache_bytes)
+        study.optimize(objective, n_jobs=workers, callbacks=[on_trial], catch=(Exception,))
     if failures:
         raise ConfigError(f"the search stopped after trials {failures} failed; fix the cause and run the same command to resume")
 
@@ -398,6 +448,7 @@ def _parse_list(value: str, valid: Sequence[str], what: str) -> tuple[str, ...]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     s = _settings(args)
+    cache_bytes = _feature_cache_bytes(s["feature_cache_mb"])  # checked before anything is stored
     config, splits = _config_from_args(s)
     name = s.get("study_name") or f"biotune-{config.dataset.name}-{config.model}"
     out = Path(s.get("out") or Path("biotune-runs") / name)
@@ -407,7 +458,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(f"study [bold]{name}[/] in {redact(url)} ({'resumed' if resumed else 'created'}); {config.n_evaluations} evaluations × {len(config.seeds)} seed(s)")
     if resumed and not s.get("storage"):
         fail_orphaned_trials(study)
-    _search(study, config, splits, s["device"], s["workers"])
+    _search(study, config, splits, s["device"], s["workers"], cache_bytes)
     state = config.sampler().search_state(study)
     best = decode(state.best.genome, config.blocks, config.recipe.base_lr)
     console.print(f"best genome: val {1 - state.best.fitness:.4f}; fine-tunes {', '.join(f'{b} (lr {lr:.2g})' for b, lr in best.lr_by_block.items())}")
@@ -432,8 +483,9 @@ def cmd_compare(args: argparse.Namespace) -> int:  # noqa: D103
     samplers = _parse_list(args.samplers, list(SAMPLERS), "sampler")
     _positive("workers", args.workers)
     _check_device(args.device)
+    cache_bytes = _feature_cache_bytes(args.feature_cache_mb)
     study, config = _open_study(args)
-    splits = _load_checked(config)
+    splits = _load_checked(config, args)
     others = {}
     for key in samplers:
         console.rule(f"{SAMPLERS[key]} on the same space: {config.n_evaluations} evaluations")
@@ -442,7 +494,7 @@ def cmd_compare(args: argparse.Namespace) -> int:  # noqa: D103
             if trial.state == optuna.trial.TrialState.COMPLETE:
                 console.print(f"{key} · trial {trial.number:>3} · val {trial.value:.4f}")
 
-        others[key] = run_search(study._storage, study.study_name, config, key, Objective(config, splits, args.device), args.workers, [on_trial])
+        others[key] = run_search(study._storage, study.study_name, config, key, Objective(config, splits, args.device, feature_cache_bytes=cache_bytes), args.workers, [on_trial])
     url = _storage_url(args)
     _report(study, config, splits, args.device, _report_dir(args, url, study.study_name), baselines, others)
     return 0
@@ -457,9 +509,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_checked(config: StudyConfig):
+def _load_checked(config: StudyConfig, args: argparse.Namespace):
     with console.status(f"loading dataset {config.dataset.name}…"):
-        splits = load_dataset(config.dataset)
+        splits = load_dataset(config.dataset, _dataset_cache(vars(args)))
     if splits.fingerprint != config.dataset_fingerprint:
         from biotune_optuna.worker import check_fingerprints
 
@@ -492,6 +544,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     ran = run_worker(
         _storage_url(args), args.study_name, device=args.device, max_trials=args.max_trials,
         heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period, wait_seconds=args.wait,
+        cache_dir=_dataset_cache(vars(args)), feature_cache_bytes=_feature_cache_bytes(args.feature_cache_mb),
     )
     console.print(f"worker done: {ran} trial(s) evaluated")
     return 0
@@ -552,7 +605,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     study, config = _open_study(args)
-    splits = _load_checked(config)
+    splits = _load_checked(config, args)
     _report(study, config, splits, args.device, _report_dir(args, _storage_url(args), study.study_name))
     return 0
 

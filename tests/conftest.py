@@ -34,3 +34,11 @@ def pg_url():
             cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
             cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.close()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _dataset_cache_in_tmp(tmp_path_factory):
+    """Commands and workers the tests start cache datasets in a temporary folder, not ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BIOTUNE_CACHE_DIR", str(tmp_path_factory.mktemp("biotune-cache")))
+        yield

@@ -22,7 +22,8 @@ TINY = [
 
 
 def cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    # The dataset cache goes next to the test's files, not into the user's ~/.cache.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "BIOTUNE_CACHE_DIR": str(cwd / "cache")}
     return subprocess.run(
         [sys.executable, "-m", "biotune_optuna", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -35,7 +36,8 @@ def no_traceback(proc: subprocess.CompletedProcess) -> None:
 def test_help_teaches_every_run_option(tmp_path):
     proc = cli("run", "--help", cwd=tmp_path)
     assert proc.returncode == 0
-    for option in ("--preset", "--model", "--weights-file", "--dataset", "--population", "--elites", "--generations", "--seeds", "--storage", "--workers", "--device"):
+    for option in ("--preset", "--model", "--weights-file", "--dataset", "--population", "--elites", "--generations", "--seeds", "--storage", "--workers", "--device",
+                   "--no-amp", "--no-channels-last", "--cache-dir", "--no-cache", "--feature-cache-mb"):
         assert option in proc.stdout
 
 
@@ -70,7 +72,13 @@ def test_run_searches_reports_and_resumes_without_redoing_work(tiny_run):
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 7
     assert study.user_attrs[CONFIG_ATTR]["population_size"] == 3
-    assert {"trainable_blocks", "lr_by_block", "fold", "role", "generation"} <= set(complete[-1].user_attrs)
+    assert {"trainable_blocks", "lr_by_block", "fold", "slot"} <= set(complete[-1].user_attrs)
+    assert complete[-1].user_attrs["slot"]["generation"] == 1
+    blocks = study.user_attrs[CONFIG_ATTR]["blocks"]
+    trained = [t for t in complete if t.user_attrs["trainable_blocks"]]
+    # The frozen-prefix cache is on by default: used exactly when the first block is frozen.
+    assert [t.user_attrs["cached_prefix"] for t in trained] == [t.user_attrs["trainable_blocks"][0] != blocks[0] for t in trained]
+    assert any(t.user_attrs["cached_prefix"] for t in trained)
 
     again = cli("run", *TINY, "--study-name", "tiny", "--no-report", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
@@ -120,6 +128,7 @@ def folders(tmp_path):
         (["--folds", "400"], "--folds"),
         (["--lr", "inf"], "learning rate"),
         (["--out", "{one}/cat/0.png"], "0.png"),
+        (["--feature-cache-mb", "-1"], "--feature-cache-mb"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_leaves_no_study(tmp_path, folders, args, message):
@@ -184,3 +193,37 @@ def test_compare_runs_every_baseline_and_another_sampler_and_writes_plots(tiny_r
             assert im.size[0] > 300 and im.size[1] > 200
     html = (out / "report.html").read_text()
     assert "BioTune" in html and "AutoRGN" in html
+
+
+def test_no_amp_and_no_channels_last_reach_the_stored_recipe(tmp_path):
+    from biotune_optuna.cli import _parser, _recipe, _settings
+
+    def recipe(*argv):
+        return _recipe(_settings(_parser().parse_args(argv)))
+
+    for command in (["run"], ["create", "--study-name", "x"]):
+        assert (recipe(*command, *TINY).amp, recipe(*command, *TINY).channels_last) == (True, True)
+        assert (recipe(*command, *TINY, "--no-amp").amp, recipe(*command, *TINY, "--no-amp").channels_last) == (False, True)
+        off = recipe(*command, *TINY, "--no-amp", "--no-channels-last")
+        assert (off.amp, off.channels_last) == (False, False)
+    # End to end without training: `create` stores the config (and caches the dataset where told).
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    proc = cli("create", *TINY, "--storage", storage, "--study-name", "fp32", "--no-amp", "--no-channels-last",
+               "--cache-dir", str(tmp_path / "mine"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    stored = optuna.load_study(study_name="fp32", storage=storage).user_attrs[CONFIG_ATTR]["recipe"]
+    assert stored["amp"] is False and stored["channels_last"] is False
+    assert len(list((tmp_path / "mine" / "datasets").glob("*.pt"))) == 1 and not (tmp_path / "cache").exists()
+
+
+def test_every_command_that_loads_data_takes_the_cache_options(tmp_path, monkeypatch):
+    from biotune_optuna.cli import _dataset_cache, _parser
+
+    monkeypatch.setenv("BIOTUNE_CACHE_DIR", str(tmp_path / "env"))
+    for command in (["run"], ["create", "--study-name", "x"], ["worker", "--study-name", "x"],
+                    ["report", "--study-name", "x"], ["compare", "--study-name", "x"]):
+        assert _dataset_cache(vars(_parser().parse_args(command))) == tmp_path / "env" / "datasets"
+        assert _dataset_cache(vars(_parser().parse_args([*command, "--cache-dir", "/c"]))) == Path("/c/datasets")
+        assert _dataset_cache(vars(_parser().parse_args([*command, "--no-cache"]))) is None
+    proc = cli("run", "--no-cache", "--cache-dir", "x", cwd=tmp_path)
+    assert proc.returncode == 2 and "not allowed with" in proc.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -393,3 +394,158 @@ def test_to_input_repeats_grayscale_and_normalises():
     assert torch.allclose(to_input(rgb, 0.5, 0.5), rgb.float() / 127.5 - 1, atol=1e-6)
     with pytest.raises(ValueError, match="uint8"):
         to_input(images.float(), mean, std)
+
+
+# --------------------------------------------------------------------------------------------
+# On-disk cache of decoded splits
+# --------------------------------------------------------------------------------------------
+
+
+def assert_same_splits(a, b) -> None:
+    for part in ("train", "val", "test"):
+        x, y = getattr(a, part), getattr(b, part)
+        assert torch.equal(x.images, y.images) and torch.equal(x.labels, y.labels), part
+    assert (a.classes, a.fingerprint, a.files) == (b.classes, b.fingerprint, b.files)
+
+
+def forbid_decoding(monkeypatch) -> None:
+    """Make every decode/resize path of data.py fail: a cache hit must not reach them."""
+
+    def boom(*args, **kwargs):
+        raise AssertionError("decoded although the cache holds this dataset")
+
+    for name in ("_decode_image", "_parse_idx", "_resize_uint8"):
+        monkeypatch.setattr(data, name, boom)
+
+
+@pytest.mark.parametrize("kind", ["mnist", "folder"])
+def test_cache_hit_equals_a_fresh_decode_without_decoding(kind, flat_folder, tmp_path, monkeypatch):
+    if kind == "mnist":
+        spec = DatasetSpec("mnist", image_size=32, train_size=300, val_size=100, test_size=100)
+    else:
+        spec = DatasetSpec("folder", path=str(flat_folder), image_size=20)
+    cache = tmp_path / "cache"
+    fresh = load_dataset(spec)
+    first = load_dataset(spec, cache_dir=cache)
+    assert_same_splits(first, fresh)
+    assert [p.name for p in cache.iterdir()] == [f"{fresh.fingerprint}.pt"]  # no temporary file left
+    forbid_decoding(monkeypatch)
+    assert_same_splits(load_dataset(spec, cache_dir=cache), fresh)
+    with pytest.raises(AssertionError, match="decoded although"):
+        load_dataset(spec)  # the patch is live: without the cache it decodes
+
+
+def test_changed_source_file_gives_a_new_fingerprint_and_cache_entry(flat_folder, digits_by_class, tmp_path):
+    spec = DatasetSpec("folder", path=str(flat_folder), image_size=28)
+    cache = tmp_path / "cache"
+    before = load_dataset(spec, cache_dir=cache)
+    Image.fromarray(digits_by_class[9][0], "L").save(flat_folder / "zero" / "000.png")
+    after = load_dataset(spec, cache_dir=cache)
+    assert after.fingerprint != before.fingerprint
+    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{s.fingerprint}.pt" for s in (before, after))
+    assert_same_splits(after, load_dataset(spec))  # the new entry holds the new image
+    all_images = torch.cat([after.train.images, after.val.images, after.test.images])[:, 0]
+    assert digits_by_class[9][0].tobytes() in image_keys(all_images)
+
+
+def corrupt_cache(path: Path, how: str) -> None:
+    raw = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif how == "garbage":
+        path.write_bytes(b"\x00not a torch file" * 100)
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "bit flip in the images":  # the zip stays valid: only the stored checksum tells
+        d = torch.load(path, weights_only=True)
+        d["train_images"].view(-1)[123] ^= 1
+        torch.save(d, path)
+    elif how == "wrong content":
+        torch.save({"format": 1, "fingerprint": path.stem, "train_images": torch.zeros(3)}, path)
+    elif how == "pickled code":
+        import pickle
+
+        path.write_bytes(pickle.dumps(shutil.rmtree, protocol=2))  # weights_only=True refuses it
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "empty", "bit flip in the images", "wrong content", "pickled code"])
+def test_corrupt_cache_file_is_logged_recomputed_and_replaced(how, flat_folder, tmp_path, monkeypatch, caplog):
+    spec = DatasetSpec("folder", path=str(flat_folder), image_size=20)
+    cache = tmp_path / "cache"
+    fresh = load_dataset(spec, cache_dir=cache)
+    entry = cache / f"{fresh.fingerprint}.pt"
+    corrupt_cache(entry, how)
+    with caplog.at_level("WARNING", logger="biotune_optuna.data"):
+        again = load_dataset(spec, cache_dir=cache)
+    assert_same_splits(again, fresh)
+    assert any("rebuilding" in r.getMessage() and str(entry) in r.getMessage() for r in caplog.records), caplog.text
+    assert how != "bit flip in the images" or "checksum mismatch" in caplog.text
+    forbid_decoding(monkeypatch)  # the entry was replaced by a good one
+    assert_same_splits(load_dataset(spec, cache_dir=cache), fresh)
+
+
+def test_unwritable_cache_is_logged_and_the_splits_still_load(flat_folder, tmp_path, caplog):
+    spec = DatasetSpec("folder", path=str(flat_folder), image_size=20)
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("in the way")
+    with caplog.at_level("WARNING", logger="biotune_optuna.data"):
+        splits = load_dataset(spec, cache_dir=not_a_dir / "cache")
+    assert_same_splits(splits, load_dataset(spec))
+    assert "cannot write the dataset cache" in caplog.text
+
+
+def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("BIOTUNE_CACHE_DIR", str(tmp_path / "c"))
+    assert data.default_cache_dir() == tmp_path / "c"
+    assert data.dataset_cache_dir() == tmp_path / "c" / "datasets"
+    assert data.dataset_cache_dir(tmp_path / "x") == tmp_path / "x" / "datasets"
+    monkeypatch.delenv("BIOTUNE_CACHE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data.default_cache_dir() == tmp_path / "home" / ".cache" / "biotune-optuna"
+
+
+WRITER = """
+import json, logging, sys, time
+from pathlib import Path
+from biotune_optuna.data import DatasetSpec, load_dataset
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+spec, cache, gate, ready = DatasetSpec.from_dict(json.loads(sys.argv[1])), sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
+ready.touch()
+while not gate.exists():
+    time.sleep(0.001)
+print(load_dataset(spec, cache_dir=cache).fingerprint)
+"""
+
+
+def test_two_processes_writing_the_same_entry_at_once_both_succeed(tmp_path):
+    import subprocess
+    import sys
+
+    spec = DatasetSpec("mnist", image_size=32)  # 70k images: both processes miss, decode and write ~70 MB together
+    cache, gate = tmp_path / "cache", tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, json.dumps(spec.to_dict()), str(cache), str(gate), str(tmp_path / f"ready{i}")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        for i in range(2):
+            while not (tmp_path / f"ready{i}").exists():
+                assert procs[i].poll() is None, procs[i].communicate()[1]
+                time.sleep(0.01)
+        gate.touch()  # both are past their imports: release them together
+        results = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    fresh = load_dataset(spec)
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0, err
+        assert out.split() == [fresh.fingerprint]
+        assert "dataset cached in" in err and "WARNING" not in err  # both decoded and wrote the entry
+    assert [p.name for p in cache.iterdir()] == [f"{fresh.fingerprint}.pt"]
+    stored = torch.load(cache / f"{fresh.fingerprint}.pt", weights_only=True)
+    assert torch.equal(stored["train_images"], fresh.train.images) and torch.equal(stored["test_labels"], fresh.test.labels)
+    assert_same_splits(load_dataset(spec, cache_dir=cache), fresh)
