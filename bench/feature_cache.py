@@ -10,8 +10,10 @@ with the first half of the blocks frozen and for linear probing (only the classi
 
 The three are run seed by seed in turn, so that other load on the machine hits them alike.
 
-It also checks that cached and uncached runs reach the same validation accuracies, and prints
-the memory the cache holds. Targets (issue 5): ≥ 3× for the half-frozen genome, ≥ 10× for
+It also checks that cached and uncached runs reach the same validation accuracies, prints the
+memory the cache holds, and counts the forward FLOPs of the whole model and of the blocks after
+the frozen prefix (torch.utils.flop_counter): with a backward of about twice the forward, they
+bound what any prefix cache can save on a compute-bound training step. Targets (issue 5): ≥ 3× for the half-frozen genome, ≥ 10× for
 linear probing.
 
     .venv/bin/python bench/feature_cache.py [--device cpu|cuda] [--images 1200] [--seeds 3]
@@ -26,10 +28,12 @@ from dataclasses import replace
 
 import torch
 
+from torch.utils.flop_counter import FlopCounterMode
+
 from biotune_optuna.backbones import load_backbone
 from biotune_optuna.data import DatasetSpec, load_dataset
-from biotune_optuna.features import FeatureCache
-from biotune_optuna.training import Recipe, fine_tune, pick_device, seed_everything
+from biotune_optuna.features import Batch, FeatureCache, model_input, prefix_features, replay, rows
+from biotune_optuna.training import Recipe, configure, fine_tune, pick_device, seed_everything, set_train_mode
 
 
 def fine_tune_once(model, trained, data, recipe, seed, device, cache):  # noqa: ANN001
@@ -40,6 +44,25 @@ def fine_tune_once(model, trained, data, recipe, seed, device, cache):  # noqa: 
     lr = {b: recipe.base_lr for b in bb.blocks if b in trained}
     result = fine_tune(bb, lr, data.train, data.val, recipe, seed, device, feature_cache=cache, data_key="fold0")
     return time.perf_counter() - start, result.history
+
+
+def forward_flops(model, trained, data, recipe, device):  # noqa: ANN001
+    """Forward FLOPs of one training batch through the whole model and through the blocks
+    after the frozen prefix (torch.utils.flop_counter; its backward counts ignore conv groups,
+    so only forwards are counted)."""
+    bb = load_backbone(model, len(data.classes))
+    configure(bb, {b: recipe.base_lr for b in trained})
+    bb.model.to(device, memory_format=torch.channels_last)
+    features = prefix_features(FeatureCache(), "flops", bb, trained, data.train, data.val, device,
+                               recipe.eval_batch_size, True, False)
+    set_train_mode(bb.model, bb, trained, "eval")
+    n, current = recipe.batch_size, Batch()
+    current.rows = rows(features.train, slice(0, n), True)
+    with torch.no_grad(), FlopCounterMode(display=False) as full:
+        bb.model(model_input(data.train.images[:n], bb, device, True))
+    with torch.no_grad(), FlopCounterMode(display=False) as cut, replay(bb.model, features, current):
+        bb.model(features.placeholder)
+    return full.get_total_flops(), cut.get_total_flops()
 
 
 def evaluate_genome(model, trained, data, recipe, seeds, device):  # noqa: ANN001
@@ -85,7 +108,12 @@ def main() -> int:
     for label, trained in genomes.items():
         t, same, cache = evaluate_genome(args.model, trained, data, recipe, seeds, device)
         ok &= same
+        full, cut = forward_flops(args.model, trained, data, recipe, device)
+        bound = (full + 2 * cut) / (3 * cut)  # backward of the trained blocks ≈ 2× their forward
         print(f"\n{label}")
+        print(f"  forward FLOPs per batch: {full / 1e9:.2f} G whole model, {cut / 1e9:.3f} G after the frozen prefix "
+              f"({1 - cut / full:.0%} of the forward is frozen) → a training step can be at most ~{bound:.1f}× "
+              "faster with the cache where compute-bound (backward ≈ 2× forward)")
         print(f"  uncached      {t['uncached']:7.1f} s")
         print(f"  cached, cold  {t['cold']:7.1f} s   {t['uncached'] / t['cold']:5.1f}×   (features computed in this evaluation)")
         print(f"  cached, warm  {t['warm']:7.1f} s   {t['uncached'] / t['warm']:5.1f}×   (features already cached for this fold)")

@@ -222,7 +222,7 @@ def compute_features(
     def run(images: ImageSet) -> torch.Tensor:
         captured.clear()
         for start in range(0, len(images), batch_size):
-            x = _inputs(images.images[start : start + batch_size], backbone, device, channels_last)
+            x = model_input(images.images[start : start + batch_size], backbone, device, channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 try:
                     model(x)
@@ -241,12 +241,16 @@ def compute_features(
         model.train(was_training)
     # One zero image, whatever the batch: the frozen modules only pass it on to parameter-free
     # glue layers (ReLU, pooling), and the boundary swaps in the batch's features.
-    placeholder = torch.zeros_like(_inputs(train.images[:1], backbone, device, channels_last))
+    placeholder = torch.zeros_like(model_input(train.images[:1], backbone, device, channels_last))
     return Features(split, train_f, val_f, placeholder)
 
 
-def _inputs(images: torch.Tensor, backbone: Backbone, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = to_input(images, backbone.mean, backbone.std).to(device, non_blocking=True)
+def model_input(images: torch.Tensor, backbone: Backbone, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """The model's input for a batch of stored images: uint8 (B, 1|3, H, W) on any device →
+    float32 (B, 3, H, W) on ``device``, normalised with the backbone's mean/std
+    (:func:`biotune_optuna.data.to_input`), channels_last if asked. The uint8 batch is moved
+    first (a quarter of the bytes of float32 over PCIe) and normalised on ``device``."""
+    x = to_input(images.to(device, non_blocking=True), backbone.mean, backbone.std)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
@@ -271,7 +275,7 @@ def matches_full_model(
     current.rows = rows(features.val, slice(0, n), channels_last)
     try:
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            full = _first(model(_inputs(images.images[:n], backbone, device, channels_last))).float()
+            full = _first(model(model_input(images.images[:n], backbone, device, channels_last))).float()
             with replay(model, features, current):
                 cached = _first(model(features.placeholder)).float()
     except RuntimeError:  # the placeholder reached a layer it should not have (shape mismatch)
@@ -398,7 +402,7 @@ def prefix_features(
     key = (prefix_signature(backbone, first), data_key, first, tuple(train.images.shape[1:]), str(device), channels_last, autocast)
 
     def prepare() -> tuple[int, Callable[[], Features | None]] | None:
-        example = _inputs(train.images[:1], backbone, device, channels_last)
+        example = model_input(train.images[:1], backbone, device, channels_last)
         split = find_split(backbone, first, example, autocast)
         if split is None:
             _logger.warning("%s cannot be cut before block %s: frozen-prefix cache off for it", backbone.name, first)

@@ -17,7 +17,6 @@ on both by default. Imports no Optuna: progress goes out through the ``on_epoch`
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import random
 import time
@@ -29,8 +28,8 @@ import torch
 from torch import nn
 
 from biotune_optuna.backbones import Backbone
-from biotune_optuna.data import ImageSet, to_input
-from biotune_optuna.features import Batch, FeatureCache, Features, prefix_features, replay, rows
+from biotune_optuna.data import ImageSet
+from biotune_optuna.features import Batch, FeatureCache, Features, model_input, prefix_features, replay, rows
 
 
 @dataclass(frozen=True)
@@ -222,9 +221,7 @@ def predict(
                 current.rows = rows(features.val, slice(start, start + batch_size), channels_last)
                 x = features.placeholder
             else:
-                x = to_input(images.images[start : start + batch_size], backbone.mean, backbone.std).to(device)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = model_input(images.images[start : start + batch_size], backbone, device, channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 out.append(_logits(model(x)).argmax(1).cpu())
     return torch.cat(out)
@@ -353,7 +350,9 @@ def fine_tune(
         acc = evaluate(model, val, backbone, dev, recipe.eval_batch_size, recipe.amp)
         return TrainResult(acc, 0, [], time.perf_counter() - start, 0, total, model)
 
-    optimizer = torch.optim.Adam(groups, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    # fused: one kernel for all parameters (about 4× faster steps on CPU than the per-tensor
+    # default, same values); torch has it for CPU and CUDA tensors.
+    optimizer = torch.optim.Adam(groups, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, fused=dev.type in ("cpu", "cuda"))
     loss_fn = nn.CrossEntropyLoss()
     shuffle = torch.Generator().manual_seed(seed)
     trained = method.trained_blocks(backbone)
@@ -373,9 +372,7 @@ def fine_tune(
                 current.rows = rows(features.train, idx.to(features.train.device), recipe.channels_last)
                 x = features.placeholder
             else:
-                x = to_input(train.images[idx], backbone.mean, backbone.std).to(dev, non_blocking=True)
-                if recipe.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = model_input(train.images[idx], backbone, dev, recipe.channels_last)
             yield x, train.labels[idx].to(dev, non_blocking=True)
 
     best_acc, best_epoch, best_state, history, stale = -1.0, 0, None, [], 0
@@ -407,13 +404,14 @@ def fine_tune(
         history.append(acc)
         if acc > best_acc:
             best_acc, best_epoch, stale = acc, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
         if on_epoch is not None:
             on_epoch(epoch, acc, float(torch.stack(losses).mean()))
         if stale >= recipe.patience:
             break
-    model.load_state_dict(best_state)
+    if best_epoch != len(history):  # the weights in the model are not the best epoch's
+        model.load_state_dict(best_state)
     model.eval()
     return TrainResult(best_acc, best_epoch, history, time.perf_counter() - start, trainable, total, model, features is not None)
