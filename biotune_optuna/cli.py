@@ -29,6 +29,7 @@ from biotune_optuna.genome import decode
 from biotune_optuna.study import (
     MAX_LISTED_FILES,
     PAPER_SEEDS,
+    PRUNERS,
     ConfigError,
     StudyConfig,
     create_or_resume,
@@ -102,6 +103,12 @@ def _study_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--folds", type=int, help="data folds, rotated by generation (default 2)")
     g.add_argument("--sampler-seed", type=int, default=0, help="seed of the evolutionary search")
     g.add_argument("--mode", choices=("batched", "reference"), default="batched", help="batched: parallel generations; reference: the paper's sequential children")
+    g.add_argument(
+        "--pruner", choices=PRUNERS, default="none",
+        help="stop unpromising evaluations from their per-epoch validation accuracy: median (below the median of "
+        "earlier trials at the same epoch, after the first P trials) or successive-halving (top third goes on at "
+        "1, 3, 9… epochs); a pruned genome counts with the best accuracy it reached. none: the paper's behaviour",
+    )
     g = p.add_argument_group("training (spec §4)")
     g.add_argument("--max-epochs", type=int, help="epochs at most per fine-tune (default 30)")
     g.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 3)")
@@ -332,6 +339,7 @@ def _config_from_args(s: dict) -> tuple[StudyConfig, object]:
         dataset_files=splits.files if len(splits.files) <= MAX_LISTED_FILES else {}, weights_file=s.get("weights_file"), weights_sha256=sha,
         recipe=recipe, seeds=seeds, n_folds=s["folds"], population_size=s["population"], n_elites=s["elites"],
         n_generations=s["generations"], sampler_seed=s["sampler_seed"], mode=s["mode"], baselines=baselines,
+        pruner=s["pruner"],
     )
     console.print(
         f"[bold]{config.model}[/] ({len(config.blocks)} blocks, weights {backbone.weights}) on [bold]{spec.name}[/]: "
@@ -353,11 +361,12 @@ def _check_device(device: str) -> None:
 
 def _search(study: optuna.Study, config: StudyConfig, splits, device: str, workers: int, cache_bytes: int) -> None:
     from biotune_optuna.objective import Objective
-    from biotune_optuna.sampler import slot_record
+    from biotune_optuna.sampler import PRUNED_VALUE_ATTR, slot_record
     from biotune_optuna.worker import publish_quietly
 
     sampler = config.sampler()
     study.sampler = sampler
+    study.pruner = config.make_pruner()
     if sampler.search_state(study).finished:
         console.print("the search is already finished")
         return
@@ -379,12 +388,18 @@ def _search(study: optuna.Study, config: StudyConfig, splits, device: str, worke
                 published[0] = len(state.populations)
                 publish_quietly(study, config)
             rec, attrs = slot_record(trial) or {}, trial.user_attrs
+            head = (
+                f"trial {trial.number:>3} · gen {rec.get('generation')} slot {rec.get('slot')} ({rec.get('role')}) · "
+                f"fold {rec.get('fold')} · {len(attrs.get('trainable_blocks', []))}/{len(config.blocks)} blocks · "
+            )
             if trial.state == optuna.trial.TrialState.COMPLETE:
                 failures.clear()
+                progress.console.print(f"{head}val {trial.value:.4f}")
+            elif trial.state == optuna.trial.TrialState.PRUNED and PRUNED_VALUE_ATTR in attrs:
+                failures.clear()
+                at = attrs.get("pruned_at", {})
                 progress.console.print(
-                    f"trial {trial.number:>3} · gen {rec.get('generation')} slot {rec.get('slot')} ({rec.get('role')}) · "
-                    f"fold {rec.get('fold')} · {len(attrs.get('trainable_blocks', []))}/{len(config.blocks)} blocks · "
-                    f"val {trial.value:.4f}"
+                    f"{head}[yellow]pruned[/] at seed {at.get('seed', 0) + 1} epoch {at.get('epoch')} · val {attrs[PRUNED_VALUE_ATTR]:.4f}"
                 )
             elif trial.state == optuna.trial.TrialState.FAIL:
                 failures.append(trial.number)
@@ -493,6 +508,8 @@ def cmd_compare(args: argparse.Namespace) -> int:  # noqa: D103
         def on_trial(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             if trial.state == optuna.trial.TrialState.COMPLETE:
                 console.print(f"{key} · trial {trial.number:>3} · val {trial.value:.4f}")
+            elif trial.state == optuna.trial.TrialState.PRUNED:
+                console.print(f"{key} · trial {trial.number:>3} · pruned")
 
         others[key] = run_search(study._storage, study.study_name, config, key, Objective(config, splits, args.device, feature_cache_bytes=cache_bytes), args.workers, [on_trial])
     url = _storage_url(args)
@@ -585,6 +602,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         done = n_slots - running - free - sum(1 for p in state.proposals if p is None)
         table.add_row("slots", f"{done} done, {running} running, {free} free, {n_slots - done - running - free} not open yet, {failed} failed attempts (of {n_slots})")
     table.add_row("trials", ", ".join(f"{n} {k.lower()}" for k, n in counts.items() if n))
+    if config.pruner != "none":
+        table.add_row("pruner", config.pruner)
     recent = datetime.now() - timedelta(minutes=10)
     alive = {
         t.user_attrs.get("worker")

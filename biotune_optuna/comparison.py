@@ -51,14 +51,15 @@ def run_search(
     workers: int = 1,
     callbacks: Sequence[Callable] = (),
 ) -> optuna.Study:
-    """Run (or resume) sampler ``key`` until it has BioTune's number of complete evaluations.
+    """Run (or resume) sampler ``key`` until it has BioTune's number of evaluations (complete or pruned).
 
     Returns:
         The sampler's study.
     """
     study, _ = create_or_resume(storage, study_name_for(name, key), config, sampler=make_sampler(key, config))
     study.set_user_attr("sampler", key)
-    complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    # A pruned trial is an evaluation too (stopped early by the study's pruner).
+    complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)))
     if complete < config.n_evaluations:
         study.optimize(
             objective, n_trials=config.n_evaluations - complete, n_jobs=workers, callbacks=list(callbacks), catch=(Exception,)

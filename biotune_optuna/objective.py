@@ -4,6 +4,13 @@ A pure function of (genome, fold, seeds, config): nothing is shared between tria
 read-only dataset in memory; best weights stay in memory (DESIGN.md, "Objective and worker").
 The value returned is the mean over seeds of the best validation macro accuracy (spec §6; the
 study maximises it, the sampler reads Φ = 1 − value).
+
+With a pruner in the study config (``StudyConfig.pruner``), the accuracy after each epoch is
+checked with ``trial.should_prune()``. A pruned genome stands in the search for the mean, over
+the seeds it started, of the best validation accuracy each had reached when it was stopped
+(user attribute ``pruned_value``; the sampler reads Φ = 1 − that). It is what the evaluation
+showed before it stopped, so it never overstates the genome: each seed's best accuracy can only
+grow with more epochs. Not-yet-started seeds do not count (their accuracy is unknown).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from biotune_optuna.backbones import Backbone, load_backbone
 from biotune_optuna.data import Splits, fold_split
 from biotune_optuna.features import DEFAULT_MAX_BYTES, FeatureCache
 from biotune_optuna.genome import decode, param_names
-from biotune_optuna.sampler import fold_of_generation, slot_record
+from biotune_optuna.sampler import PRUNED_VALUE_ATTR, fold_of_generation, slot_record
 from biotune_optuna.study import StudyConfig
 from biotune_optuna.training import Method, TrainResult, fine_tune, seed_everything
 
@@ -132,6 +139,8 @@ class Objective:
             return 0.0
         try:
             return self._train(trial, plan, fold)
+        except optuna.TrialPruned:
+            raise
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)  # the worker was stopped: not the genome's fault
             raise
@@ -142,14 +151,23 @@ class Objective:
     def _train(self, trial: optuna.Trial, plan, fold: int) -> float:  # noqa: ANN001
         cfg = self.config
         train, val = fold_split(self.splits, fold, cfg.n_folds)
-        accuracies, epochs = [], []
+        accuracies, epochs, best_so_far = [], [], []
         for i, seed in enumerate(cfg.seeds):
             step0 = i * cfg.recipe.max_epochs
+            best_so_far.append(0.0)
 
             def report(epoch: int, acc: float, loss: float, i: int = i, step0: int = step0) -> None:
                 trial.report(acc, step0 + epoch - 1)
+                best_so_far[i] = max(best_so_far[i], acc)
                 if self.on_epoch is not None:
                     self.on_epoch(trial.number, i, epoch, acc)
+                last = i == len(cfg.seeds) - 1 and epoch == cfg.recipe.max_epochs  # nothing left to save
+                if cfg.pruner != "none" and not last and trial.should_prune():
+                    value = statistics.fmean(best_so_far)
+                    trial.set_user_attr(PRUNED_VALUE_ATTR, round(value, 6))
+                    trial.set_user_attr("pruned_at", {"seed": i, "epoch": epoch})
+                    trial.set_user_attr("seed_accuracies", [round(a, 6) for a in best_so_far])
+                    raise optuna.TrialPruned(f"pruned at seed {i + 1}, epoch {epoch}: best validation accuracy {value:.4f}")
 
             data_key = (cfg.dataset_fingerprint, fold, cfg.n_folds)
             _, result = train_plan(

@@ -103,6 +103,10 @@ def evaluate_method(
     return MethodResult(name, accs, 100.0 * fraction, seconds, trainable_blocks=blocks)
 
 
+#: Trial states that used an evaluation (a pruned one stopped early, but it trained).
+EVALUATED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
 def search_summary(study: optuna.Study, config: StudyConfig) -> tuple[tuple[float, ...], float, int]:
     """Best-ever genome of a finished search, its wall time (s) and evaluations used.
 
@@ -114,7 +118,7 @@ def search_summary(study: optuna.Study, config: StudyConfig) -> tuple[tuple[floa
         raise ConfigError(f"study {study.study_name!r} has no closed generation yet: run workers first")
     trials = [
         t
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        for t in study.get_trials(deepcopy=False, states=EVALUATED)
         if (slot_record(t) or {}).get("state") == "claimed"
     ]
     return state.best.genome, _wall_time(trials), len(trials)
@@ -128,7 +132,7 @@ def _wall_time(trials: Sequence[optuna.trial.FrozenTrial]) -> float:
 
 
 def _search_row(name: str, study: optuna.Study, config: StudyConfig, genome, splits, device, on_seed, cache) -> MethodResult:  # noqa: ANN001
-    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    trials = study.get_trials(deepcopy=False, states=EVALUATED)
     plan = decode(genome, config.blocks, config.recipe.base_lr)
     row = evaluate_method(name, config, splits, plan.lr_by_block, device, on_seed, cache)
     row.search_seconds, row.evaluations = _wall_time(trials), len(trials)

@@ -208,6 +208,7 @@ def run_worker(
         objective = objective_factory(config, splits, device)
     sampler = config.sampler(claim_timeout=float(grace_period))
     study.sampler = sampler
+    study.pruner = config.make_pruner()
     _logger.info("worker joined study %r in %s", study_name, redact(url))
 
     stop = threading.Event()

@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from biotune_optuna.genome import param_names
-from biotune_optuna.sampler import SLOT_ATTR, BioTuneSampler, GAConfig, fold_of_generation, search_state
+from biotune_optuna.sampler import PRUNED_VALUE_ATTR, SLOT_ATTR, BioTuneSampler, GAConfig, fold_of_generation, search_state
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 BLOCKS = ["stem", "b1", "b2", "head"]
@@ -218,3 +218,33 @@ def test_interrupted_trials_do_not_use_up_the_retry_limit():
     assert (0, 1) in slots and len(slots) == 26  # evaluated on the 4th attempt, not given up
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     assert [t.number for t in failed] == attempts
+
+
+def test_a_pruned_genome_counts_with_the_accuracy_it_reached_and_is_not_redone():
+    seen = []
+
+    def pruned_early(trial):
+        genome = [trial.suggest_float(n, 0, 1) for n in param_names(BLOCKS)]
+        rec = trial.study._storage.get_trial_system_attrs(trial._trial_id)[SLOT_ATTR]
+        key = (rec["generation"], rec["slot"])
+        seen.append(key)
+        if key == (0, 1):  # as Objective does: the value it stands for, then TrialPruned
+            trial.report(0.2, 0)
+            trial.set_user_attr(PRUNED_VALUE_ATTR, 0.25)
+            raise optuna.TrialPruned()
+        if key == (0, 2):  # pruned by another objective: Optuna's value (last intermediate value)
+            trial.report(0.4, 0)
+            raise optuna.TrialPruned()
+        if key == (0, 3):  # pruned before any report: nothing known
+            raise optuna.TrialPruned()
+        return 1.0 - toy_fitness(genome)
+
+    sampler = make_sampler()
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(pruned_early, n_trials=5)
+    initial = {m.origin: m.fitness for m in sampler.search_state(study).populations[0].members}
+    assert initial[(0, 1)] == pytest.approx(0.75)
+    assert initial[(0, 2)] == pytest.approx(0.6)
+    assert initial[(0, 3)] == 1.0
+    study.optimize(pruned_early)  # to the end of the search
+    assert len(seen) == len(set(seen)) == 26  # a pruned slot is resolved, never evaluated again

@@ -6,10 +6,18 @@ attributes and state rebuilt from storage.
 """
 
 from biotune_optuna.sampler._generations import GAConfig, Member, Population, Proposal, SearchState, search_state
-from biotune_optuna.sampler._sampler import FAILED_ATTR, SLOT_ATTR, BioTuneSampler, fold_of_generation, slot_record
+from biotune_optuna.sampler._sampler import (
+    FAILED_ATTR,
+    PRUNED_VALUE_ATTR,
+    SLOT_ATTR,
+    BioTuneSampler,
+    fold_of_generation,
+    slot_record,
+)
 
 __all__ = [
     "FAILED_ATTR",
+    "PRUNED_VALUE_ATTR",
     "SLOT_ATTR",
     "BioTuneSampler",
     "GAConfig",

@@ -49,6 +49,10 @@ _logger = logging.getLogger(__name__)
 SLOT_ATTR = "biotune:slot"
 #: The user attribute with a readable copy of the claim: generation, slot, role, fold.
 SLOT_USER_ATTR = "slot"
+#: User attribute of a PRUNED trial: the value (in the study's direction) it stands for in the
+#: search. Without it, Optuna's own value of a pruned trial (its last intermediate value) is used,
+#: and without that the worst fitness.
+PRUNED_VALUE_ATTR = "pruned_value"
 #: Set on a FAIL trial whose evaluation raised (told by its worker), as opposed to one that was
 #: interrupted (user attribute ``interrupted``) or reaped after its worker died.
 FAILED_ATTR = "biotune:failed"
@@ -94,7 +98,10 @@ class BioTuneSampler(BaseSampler):
     ``study.optimize`` (also with ``n_jobs > 1``) and with many processes on one storage.
 
     The objective's value is read as fitness Φ = 1 − value in a maximised study (a validation
-    accuracy in [0, 1]) and Φ = value in a minimised one (a loss ≥ 0).
+    accuracy in [0, 1]) and Φ = value in a minimised one (a loss ≥ 0). A PRUNED trial counts with
+    the value in its user attribute :data:`PRUNED_VALUE_ATTR` (BioTune's objective sets the mean,
+    over the seeds it started, of the best validation accuracy reached before it was stopped),
+    else Optuna's value of a pruned trial (its last intermediate value), else the worst fitness.
 
     Args:
         blocks: block names, input side first (B ≥ 1).
@@ -176,7 +183,8 @@ class BioTuneSampler(BaseSampler):
         if t.state == TrialState.COMPLETE and t.value is not None:
             tally.results.setdefault(key, self._fitness(study, t.value))
         elif t.state == TrialState.PRUNED:
-            tally.results.setdefault(key, WORST_FITNESS)
+            value = t.user_attrs.get(PRUNED_VALUE_ATTR, t.value)
+            tally.results.setdefault(key, WORST_FITNESS if value is None else self._fitness(study, value))
         elif t.state == TrialState.RUNNING and held is not None:
             held.add(key)
         elif t.state == TrialState.FAIL:

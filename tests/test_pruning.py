@@ -1,0 +1,103 @@
+"""Pruners: config, the fitness of a pruned genome, and a real worker that prunes real fine-tunes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+from biotune_optuna.backbones import load_backbone
+from biotune_optuna.data import DatasetSpec, load_dataset
+from biotune_optuna.sampler import PRUNED_VALUE_ATTR, SLOT_ATTR
+from biotune_optuna.study import CONFIG_ATTR, PRUNERS, ConfigError, StudyConfig, create_or_resume, open_storage
+from biotune_optuna.training import Recipe
+from biotune_optuna.worker import run_worker
+
+PRUNED, COMPLETE = optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE
+
+
+def make_config(pruner: str, splits=None) -> StudyConfig:
+    """P=2, E=1, G=1 (5 evaluations), two seeds, two epochs: EfficientNet-Lite0 on 32-px digits."""
+    spec = DatasetSpec("digits", image_size=32, train_size=300, val_size=100)
+    splits = splits or load_dataset(spec)
+    return StudyConfig(
+        model="tf_efficientnet_lite0", dataset=spec, blocks=tuple(load_backbone("tf_efficientnet_lite0", 10).blocks),
+        classes=tuple(splits.classes), dataset_fingerprint=splits.fingerprint, dataset_files=splits.files,
+        recipe=Recipe(max_epochs=2, patience=2, batch_size=64), seeds=(684, 559), n_folds=2,
+        population_size=2, n_elites=1, n_generations=1, sampler_seed=3, pruner=pruner,
+    )
+
+
+def test_each_pruner_name_builds_its_optuna_pruner_and_others_are_refused():
+    built = {name: type(make_config(name).make_pruner()) for name in PRUNERS}
+    assert built == {
+        "none": optuna.pruners.NopPruner,
+        "median": optuna.pruners.MedianPruner,
+        "successive-halving": optuna.pruners.SuccessiveHalvingPruner,
+    }
+    median = make_config("median").make_pruner()
+    assert median._n_startup_trials == 2  # the initial population always runs in full
+    with pytest.raises(ConfigError, match="pruner must be one of"):
+        make_config("hyperband")
+
+
+def test_a_study_stored_before_pruners_existed_resumes_as_unpruned(tmp_path):
+    config = make_config("none")
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}", create_tables=True)
+    study, _ = create_or_resume(storage, "old", config)
+    old = dict(study.user_attrs[CONFIG_ATTR])
+    del old["pruner"]  # what an earlier version wrote
+    study.set_user_attr(CONFIG_ATTR, old)
+    _, resumed = create_or_resume(storage, "old", config)
+    assert resumed
+    with pytest.raises(ConfigError, match="differs in: pruner"):
+        create_or_resume(storage, "old", make_config("median"))
+
+
+def test_the_cli_stores_the_pruner_and_refuses_an_unknown_one(tmp_path):
+    env = {**os.environ, "BIOTUNE_CACHE_DIR": str(tmp_path / "cache")}
+    base = [sys.executable, "-m", "biotune_optuna", "create", "--dataset", "digits", "--image-size", "8",
+            "--population", "2", "--elites", "1", "--generations", "1", "--storage", f"sqlite:///{tmp_path / 's.db'}"]
+    ok = subprocess.run([*base, "--study-name", "sh", "--pruner", "successive-halving"], env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    stored = optuna.load_study(study_name="sh", storage=f"sqlite:///{tmp_path / 's.db'}").user_attrs[CONFIG_ATTR]
+    assert stored["pruner"] == "successive-halving"
+    bad = subprocess.run([*base, "--study-name", "x", "--pruner", "sometimes"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid choice: 'sometimes'" in bad.stderr
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("pruner", ["median", "none"])
+def test_a_worker_prunes_real_fine_tunes_only_when_the_study_asks(pg_url, monkeypatch, pruner):
+    # The study's pruner is swapped for one that stops every fine-tune below 99.9 % after its
+    # first epoch, so that what is tested (the worker, the objective, the sampler) does not hang
+    # on where a median falls; with pruner "none" in the config the objective never asks it.
+    monkeypatch.setattr(StudyConfig, "make_pruner", lambda self: optuna.pruners.ThresholdPruner(lower=0.999))
+    config = make_config(pruner)
+    create_or_resume(open_storage(pg_url, create_tables=True), "p", config)
+    assert run_worker(pg_url, "p", device="cpu", heartbeat_interval=1, grace_period=60, wait_seconds=30) == 5
+
+    study = optuna.load_study(study_name="p", storage=pg_url)
+    trials = [t for t in study.trials if (t.system_attrs.get(SLOT_ATTR) or {}).get("state") == "claimed"]
+    trained = [t for t in trials if t.user_attrs["trainable_blocks"]]
+    assert len(trials) == 5 and trained
+    state = config.sampler().search_state(study)
+    assert state.finished
+    fitness = {m.origin: m.fitness for p in state.populations for m in p.members}
+    for t in trained:
+        rec = t.system_attrs[SLOT_ATTR]
+        if pruner == "none":
+            assert t.state == COMPLETE and len(t.intermediate_values) == 2 * 2  # both seeds, both epochs
+            continue
+        assert t.state == PRUNED
+        assert t.intermediate_values.keys() == {0}  # stopped after seed 1, epoch 1
+        assert t.user_attrs["pruned_at"] == {"seed": 0, "epoch": 1}
+        assert t.user_attrs[PRUNED_VALUE_ATTR] == pytest.approx(t.intermediate_values[0], abs=1e-6)
+        assert t.user_attrs["seed_accuracies"] == [t.user_attrs[PRUNED_VALUE_ATTR]]
+        if (rec["generation"], rec["slot"]) in fitness:
+            assert fitness[(rec["generation"], rec["slot"])] == pytest.approx(1 - t.user_attrs[PRUNED_VALUE_ATTR], abs=1e-6)
+    assert json.loads(json.dumps(study.user_attrs[CONFIG_ATTR]))["pruner"] == pruner
