@@ -2,7 +2,8 @@
 
 One evaluation = what a worker does for one trial: fine-tune a fresh model once per seed on one
 fold and keep the best validation accuracy (biotune_optuna.objective). Measured for a genome
-with the first half of the blocks frozen and for linear probing (only the classifier trained):
+with the first half of the blocks frozen, one that trains only the last three blocks, and linear
+probing (only the classifier trained):
 
 * uncached: the whole model runs forward every batch and every validation pass;
 * cached, cold: the cache is empty, so this evaluation computes the prefix features first;
@@ -99,6 +100,7 @@ def main() -> int:
     seeds = [684, 559, 629][: args.seeds] + list(range(args.seeds - 3))
     genomes = {
         f"first half frozen (train {', '.join(blocks[len(blocks) // 2:])})": set(blocks[len(blocks) // 2 :]),
+        f"last three trained (train {', '.join(blocks[-3:])})": set(blocks[-3:]),
         "linear probing (train classifier)": {blocks[-1]},
     }
     print(f"{args.model} at {args.image_size}px on {device} ({torch.get_num_threads()} threads), "
