@@ -493,6 +493,7 @@ def _report_dir(args: argparse.Namespace, url: str, study_name: str) -> Path:
 def cmd_compare(args: argparse.Namespace) -> int:  # noqa: D103
     from biotune_optuna.comparison import run_search
     from biotune_optuna.objective import Objective
+    from biotune_optuna.sampler import PRUNED_VALUE_ATTR
 
     baselines = _parse_list(args.baselines, list(BASELINES), "baseline")
     samplers = _parse_list(args.samplers, list(SAMPLERS), "sampler")
@@ -509,7 +510,10 @@ def cmd_compare(args: argparse.Namespace) -> int:  # noqa: D103
             if trial.state == optuna.trial.TrialState.COMPLETE:
                 console.print(f"{key} · trial {trial.number:>3} · val {trial.value:.4f}")
             elif trial.state == optuna.trial.TrialState.PRUNED:
-                console.print(f"{key} · trial {trial.number:>3} · pruned")
+                at = trial.user_attrs.get("pruned_at", {})
+                value = trial.user_attrs.get(PRUNED_VALUE_ATTR)
+                console.print(f"{key} · trial {trial.number:>3} · pruned at seed {at.get('seed', 0) + 1} epoch {at.get('epoch')}"
+                              + (f" · val {value:.4f}" if value is not None else ""))
 
         others[key] = run_search(study._storage, study.study_name, config, key, Objective(config, splits, args.device, feature_cache_bytes=cache_bytes), args.workers, [on_trial])
     url = _storage_url(args)
@@ -588,7 +592,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     sampler = study.sampler
     state = sampler.search_state(study)
     trials = study.get_trials(deepcopy=False)
-    counts = {s.name: sum(1 for t in trials if t.state == s) for s in optuna.trial.TrialState}
+    # Trials started after the search was finished are pruned at once by the sampler: not evaluations.
+    evaluations = [t for t in trials if (slot_record(t) or {}).get("state") != "finished"]
+    counts = {s.name: sum(1 for t in evaluations if t.state == s) for s in optuna.trial.TrialState}
     table = Table(title=f"{study.study_name}: {config.model} on {config.dataset.name}")
     table.add_column("")
     table.add_column("")
@@ -629,6 +635,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+_INTERRUPTED: set[str] = set()
+
+
+def _no_interrupt_traceback(record: logging.LogRecord) -> bool:
+    """Optuna logs a trial stopped by Ctrl-C / SIGTERM as failed, with a traceback and a second
+    "failed with value None" line; the stop is the user's, not an error: say so in one line."""
+    text = record.getMessage()
+    number = text.split(" ")[1] if text.startswith("Trial ") else ""
+    if record.exc_info and record.exc_info[0] is KeyboardInterrupt:
+        _INTERRUPTED.add(number)
+        record.msg = f"Trial {number} stopped by the interrupt: its slot will be redone"
+        record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+    return not (number in _INTERRUPTED and "failed with value None" in text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``biotune-optuna`` command; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -636,6 +658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for chatty in ("kaleido", "choreographer", "logistro"):  # PNG export logs every browser step at INFO
         logging.getLogger(chatty).setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("optuna.study._optimize").addFilter(_no_interrupt_traceback)
     commands = {
         "run": cmd_run, "create": cmd_create, "worker": cmd_worker, "status": cmd_status, "report": cmd_report,
         "compare": cmd_compare, "dashboard": cmd_dashboard,

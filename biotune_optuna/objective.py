@@ -6,11 +6,14 @@ The value returned is the mean over seeds of the best validation macro accuracy 
 study maximises it, the sampler reads Φ = 1 − value).
 
 With a pruner in the study config (``StudyConfig.pruner``), the accuracy after each epoch is
-checked with ``trial.should_prune()``. A pruned genome stands in the search for the mean, over
-the seeds it started, of the best validation accuracy each had reached when it was stopped
-(user attribute ``pruned_value``; the sampler reads Φ = 1 − that). It is what the evaluation
-showed before it stopped, so it never overstates the genome: each seed's best accuracy can only
-grow with more epochs. Not-yet-started seeds do not count (their accuracy is unknown).
+checked with ``trial.should_prune()``. A pruned genome stands in the search for (user attribute
+``pruned_value``; the sampler reads Φ = 1 − that):
+
+* the mean best validation accuracy of the seeds it finished, if it was stopped after its first
+  seed (the fitness it would have had, estimated from fewer seeds: a later seed stopped after
+  one epoch from a fresh model says little about the genome);
+* else the best validation accuracy its first seed reached before it was stopped — a lower
+  bound of that seed's result, since the best accuracy can only grow with more epochs.
 """
 
 from __future__ import annotations
@@ -163,7 +166,7 @@ class Objective:
                     self.on_epoch(trial.number, i, epoch, acc)
                 last = i == len(cfg.seeds) - 1 and epoch == cfg.recipe.max_epochs  # nothing left to save
                 if cfg.pruner != "none" and not last and trial.should_prune():
-                    value = statistics.fmean(best_so_far)
+                    value = statistics.fmean(accuracies) if accuracies else best_so_far[0]
                     trial.set_user_attr(PRUNED_VALUE_ATTR, round(value, 6))
                     trial.set_user_attr("pruned_at", {"seed": i, "epoch": epoch})
                     trial.set_user_attr("seed_accuracies", [round(a, 6) for a in best_so_far])

@@ -134,12 +134,15 @@ class StudyConfig:
         * ``"none"``: :class:`optuna.pruners.NopPruner` (every evaluation runs to its own early
           stop, as in the paper).
         * ``"median"``: :class:`optuna.pruners.MedianPruner` — stop a trial whose best accuracy
-          so far is below the median of earlier trials at the same step; not before
+          so far (over all its seeds) is below the median of earlier trials at the same step;
+          not before
           ``population_size`` trials have completed (the initial population always runs in
           full), from the first epoch on.
         * ``"successive-halving"``: :class:`optuna.pruners.SuccessiveHalvingPruner` (asynchronous
-          successive halving) with rungs at 1, 3, 9… epochs: a trial goes on past a rung only
-          if it is in the top third of the trials that reached it.
+          successive halving, min resource 1, reduction factor 3): rungs at steps 1, 3, 9…, i.e.
+          after 2, 4, 10… epochs counted along the evaluation (seed 2's first epoch is step
+          ``max_epochs``); a trial goes on past a rung only if it is in the top third of the
+          trials that reached it.
 
         Optuna's HyperbandPruner is not offered: it shows the sampler only the trials of one
         bracket, and BioTune's slot claims need every trial of the study.
@@ -329,9 +332,16 @@ def create_or_resume(
         with contextlib.suppress(ConfigError):  # fields added since (e.g. pruner) take their defaults
             stored = json.loads(json.dumps(StudyConfig.from_dict(stored).to_dict()))
         if stored != wanted:
-            diff = sorted(k for k in set(wanted) | set(stored or {}) if (stored or {}).get(k) != wanted.get(k))
+            stored = stored or {}
+            diff = sorted(k for k in set(wanted) | set(stored) if stored.get(k) != wanted.get(k))
+
+            def shown(k: str) -> str:
+                old, new = stored.get(k), wanted.get(k)
+                simple = all(isinstance(v, (str, int, float, type(None))) for v in (old, new))
+                return f"{k}: stored {old!r}, given {new!r}" if simple else k
+
             raise ConfigError(
-                f"study {name!r} already exists with another config (differs in: {', '.join(diff)}); "
+                f"study {name!r} already exists with another config (differs in: {'; '.join(map(shown, diff))}); "
                 "choose another --study-name or repeat the original options"
             )
         return study, True

@@ -32,6 +32,7 @@ from optuna.storages._heartbeat import get_heartbeat_thread
 from biotune_optuna.backbones import weights_fingerprint
 from biotune_optuna.data import Splits, load_dataset
 from biotune_optuna.features import DEFAULT_MAX_BYTES
+from biotune_optuna.sampler import PRUNED_VALUE_ATTR, slot_record
 from biotune_optuna.study import CONFIG_ATTR, ConfigError, StudyConfig, database_error, load_config, open_storage, redact
 
 _logger = logging.getLogger(__name__)
@@ -82,6 +83,23 @@ def wait_for_study(storage: optuna.storages.BaseStorage, name: str, wait_seconds
             told = True
         time.sleep(delay)
         delay = min(delay * 2, 10.0)
+
+
+def log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """One log line per evaluated trial: its slot, then its value, where it was pruned, or that it failed."""
+    rec = slot_record(trial) or {}
+    if rec.get("state") != "claimed":
+        return
+    head = f"trial {trial.number} · gen {rec['generation']} slot {rec['slot']} ({rec.get('role')}) · fold {rec.get('fold')}"
+    attrs = trial.user_attrs
+    if trial.state == optuna.trial.TrialState.COMPLETE:
+        _logger.info("%s · val %.4f", head, trial.value)
+    elif trial.state == optuna.trial.TrialState.PRUNED:
+        at = attrs.get("pruned_at", {})
+        _logger.info("%s · pruned at seed %s epoch %s · val %.4f", head, at.get("seed", 0) + 1, at.get("epoch"),
+                     attrs.get(PRUNED_VALUE_ATTR, float("nan")))
+    elif trial.state == optuna.trial.TrialState.FAIL:
+        _logger.info("%s · failed%s", head, " (interrupted)" if attrs.get("interrupted") else f": {attrs.get('error', '')}")
 
 
 @contextmanager
@@ -241,7 +259,7 @@ def run_worker(
                     delay = min(delay * 1.5, 10.0)
                     continue
                 delay = 0.5
-                study.optimize(objective, n_trials=1, catch=(Exception,))
+                study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[log_trial])
                 ran += 1
             except Exception as e:  # noqa: BLE001 - sorted below; anything else is re-raised
                 if _reaped_while_running(e):

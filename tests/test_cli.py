@@ -88,6 +88,9 @@ def test_run_searches_reports_and_resumes_without_redoing_work(tiny_run):
 
     status = cli("status", "--storage", storage, "--study-name", "tiny", cwd=tmp_path)
     assert status.returncode == 0 and "finished" in status.stdout
+    # The trial that found the search finished was pruned by the sampler: bookkeeping, not an evaluation.
+    assert any(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+    assert "7 complete" in status.stdout and "pruned" not in status.stdout
 
 
 def write_images(folder: Path, n: int, seed: int = 0) -> None:
@@ -227,3 +230,30 @@ def test_every_command_that_loads_data_takes_the_cache_options(tmp_path, monkeyp
         assert _dataset_cache(vars(_parser().parse_args([*command, "--no-cache"]))) is None
     proc = cli("run", "--no-cache", "--cache-dir", "x", cwd=tmp_path)
     assert proc.returncode == 2 and "not allowed with" in proc.stderr
+
+
+def test_ctrl_c_stops_the_trial_in_one_line_without_traceback(tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "BIOTUNE_CACHE_DIR": str(tmp_path / "cache")}
+    args = [sys.executable, "-m", "biotune_optuna", "run", *TINY, "--max-epochs", "30", "--patience", "30", "--study-name", "c", "--no-report"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    db = tmp_path / "biotune-runs" / "c" / "study.db"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # wait until a trial is training (30 epochs: it will still be)
+        time.sleep(1)
+        try:
+            study = optuna.load_study(study_name="c", storage=f"sqlite:///{db}")
+        except Exception:  # noqa: BLE001 - not created yet
+            continue
+        if any(t.state == optuna.trial.TrialState.RUNNING and t.intermediate_values for t in study.trials):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in out + err and "failed with value None" not in err
+    assert "stopped by the interrupt: its slot will be redone" in err
+    assert "interrupted: run the same command again to resume the study" in err
+    stopped = optuna.load_study(study_name="c", storage=f"sqlite:///{db}").trials[-1]
+    assert stopped.state == optuna.trial.TrialState.FAIL and stopped.user_attrs["interrupted"] is True

@@ -12,6 +12,7 @@ import pytest
 
 from biotune_optuna.backbones import load_backbone
 from biotune_optuna.data import DatasetSpec, load_dataset
+from biotune_optuna.objective import Objective
 from biotune_optuna.sampler import PRUNED_VALUE_ATTR, SLOT_ATTR
 from biotune_optuna.study import CONFIG_ATTR, PRUNERS, ConfigError, StudyConfig, create_or_resume, open_storage
 from biotune_optuna.training import Recipe
@@ -54,7 +55,7 @@ def test_a_study_stored_before_pruners_existed_resumes_as_unpruned(tmp_path):
     study.set_user_attr(CONFIG_ATTR, old)
     _, resumed = create_or_resume(storage, "old", config)
     assert resumed
-    with pytest.raises(ConfigError, match="differs in: pruner"):
+    with pytest.raises(ConfigError, match="differs in: pruner: stored 'none', given 'median'"):
         create_or_resume(storage, "old", make_config("median"))
 
 
@@ -101,3 +102,29 @@ def test_a_worker_prunes_real_fine_tunes_only_when_the_study_asks(pg_url, monkey
         if (rec["generation"], rec["slot"]) in fitness:
             assert fitness[(rec["generation"], rec["slot"])] == pytest.approx(1 - t.user_attrs[PRUNED_VALUE_ATTR], abs=1e-6)
     assert json.loads(json.dumps(study.user_attrs[CONFIG_ATTR]))["pruner"] == pruner
+
+
+class _SecondSeedFirstEpoch(optuna.pruners.BasePruner):
+    """Prunes every trial at step ``max_epochs`` (the first epoch of its second seed)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def prune(self, study, trial) -> bool:  # noqa: ANN001
+        return trial.last_step == self.step
+
+
+def test_a_genome_pruned_in_its_second_seed_counts_with_the_seed_it_finished():
+    # One fresh epoch of seed 2 says little; the finished seed 1 is what the genome showed.
+    config = make_config("median")
+    splits = load_dataset(config.dataset)
+    study = optuna.create_study(direction="maximize", sampler=config.sampler(), pruner=_SecondSeedFirstEpoch(2))
+    study.optimize(Objective(config, splits, "cpu"), n_trials=2, catch=())
+    trained = [t for t in study.trials if t.user_attrs["trainable_blocks"]]
+    assert trained
+    for t in trained:
+        assert t.state == PRUNED and sorted(t.intermediate_values) == [0, 1, 2]
+        assert t.user_attrs["pruned_at"] == {"seed": 1, "epoch": 1}
+        seed1 = max(t.intermediate_values[0], t.intermediate_values[1])
+        assert t.user_attrs[PRUNED_VALUE_ATTR] == pytest.approx(seed1, abs=1e-6)
+        assert t.user_attrs["seed_accuracies"] == pytest.approx([seed1, t.intermediate_values[2]], abs=1e-6)

@@ -99,9 +99,9 @@ class BioTuneSampler(BaseSampler):
 
     The objective's value is read as fitness Φ = 1 − value in a maximised study (a validation
     accuracy in [0, 1]) and Φ = value in a minimised one (a loss ≥ 0). A PRUNED trial counts with
-    the value in its user attribute :data:`PRUNED_VALUE_ATTR` (BioTune's objective sets the mean,
-    over the seeds it started, of the best validation accuracy reached before it was stopped),
-    else Optuna's value of a pruned trial (its last intermediate value), else the worst fitness.
+    the value in its user attribute :data:`PRUNED_VALUE_ATTR` (BioTune's objective sets the mean
+    best validation accuracy of the seeds it finished, or the best its first seed reached before
+    it was stopped), else Optuna's value of a pruned trial (its last intermediate value), else the worst fitness.
 
     Args:
         blocks: block names, input side first (B ≥ 1).
