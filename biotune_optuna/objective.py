@@ -14,6 +14,9 @@ checked with ``trial.should_prune()``. A pruned genome stands in the search for 
   one epoch from a fresh model says little about the genome);
 * else the best validation accuracy its first seed reached before it was stopped — a lower
   bound of that seed's result, since the best accuracy can only grow with more epochs.
+
+Where it stopped is in user attribute ``pruned_at`` = ``{"seed": 0-based seed index, "epoch":
+1-based epoch}``, and ``seed_accuracies`` holds each started seed's best accuracy.
 """
 
 from __future__ import annotations

@@ -238,7 +238,10 @@ def test_ctrl_c_stops_the_trial_in_one_line_without_traceback(tmp_path):
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "BIOTUNE_CACHE_DIR": str(tmp_path / "cache")}
     args = [sys.executable, "-m", "biotune_optuna", "run", *TINY, "--max-epochs", "30", "--patience", "30", "--study-name", "c", "--no-report"]
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # As from a terminal: a shell without job control (CI, `cmd &`) starts children with SIGINT
+    # ignored, and Python then never turns it into KeyboardInterrupt.
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     db = tmp_path / "biotune-runs" / "c" / "study.db"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # wait until a trial is training (30 epochs: it will still be)
