@@ -105,9 +105,11 @@ def _study_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mode", choices=("batched", "reference"), default="batched", help="batched: parallel generations; reference: the paper's sequential children")
     g.add_argument(
         "--pruner", choices=PRUNERS, default="none",
-        help="stop unpromising evaluations from their per-epoch validation accuracy: median (below the median of "
-        "earlier trials at the same epoch, after the first P trials) or successive-halving (top third goes on at "
-        "1, 3, 9… epochs); a pruned genome counts with the best accuracy it reached. none: the paper's behaviour",
+        help="stop unpromising evaluations from their per-epoch validation accuracy: median (best so far below the "
+        "median of earlier trials at the same seed and epoch, after the first P trials) or successive-halving (the "
+        "top third goes on at checkpoints after 2, 4, 10… epochs counted along the evaluation); a pruned genome "
+        "counts with the mean of the seeds it finished, or the best accuracy its first seed reached. "
+        "none: the paper's behaviour",
     )
     g = p.add_argument_group("training (spec §4)")
     g.add_argument("--max-epochs", type=int, help="epochs at most per fine-tune (default 30)")
