@@ -351,6 +351,11 @@ class BioTuneSampler(BaseSampler):
             "genome": list(proposal.genome),
             "fold": fold_of_generation(proposal.generation, self.n_folds),
         }
+        if is_heartbeat_enabled(study._storage):
+            # Beat before claiming: a claimed RUNNING trial without any heartbeat row is never
+            # stale to fail_stale_trials, so if the database went away between the claim and
+            # Optuna's first beat (its thread starts after ask()), the slot would be held forever.
+            study._storage.record_heartbeat(trial_id)
         study._storage.set_trial_system_attr(trial_id, SLOT_ATTR, record)
         self._claims[trial_id] = record
         # A readable copy for people (dashboard); bookkeeping uses the record alone.
