@@ -364,7 +364,7 @@ def _check_device(device: str) -> None:
 def _search(study: optuna.Study, config: StudyConfig, splits, device: str, workers: int, cache_bytes: int) -> None:
     from biotune_optuna.objective import Objective
     from biotune_optuna.sampler import PRUNED_VALUE_ATTR, slot_record
-    from biotune_optuna.worker import publish_quietly
+    from biotune_optuna.worker import describe_pruned, publish_quietly
 
     sampler = config.sampler()
     study.sampler = sampler
@@ -399,10 +399,7 @@ def _search(study: optuna.Study, config: StudyConfig, splits, device: str, worke
                 progress.console.print(f"{head}val {trial.value:.4f}")
             elif trial.state == optuna.trial.TrialState.PRUNED and PRUNED_VALUE_ATTR in attrs:
                 failures.clear()
-                at = attrs.get("pruned_at", {})
-                progress.console.print(
-                    f"{head}[yellow]pruned[/] at seed {at.get('seed', 0) + 1} epoch {at.get('epoch')} · val {attrs[PRUNED_VALUE_ATTR]:.4f}"
-                )
+                progress.console.print(f"{head}[yellow]{describe_pruned(attrs)}[/]")
             elif trial.state == optuna.trial.TrialState.FAIL:
                 failures.append(trial.number)
                 if len(failures) >= 3:
@@ -495,7 +492,7 @@ def _report_dir(args: argparse.Namespace, url: str, study_name: str) -> Path:
 def cmd_compare(args: argparse.Namespace) -> int:  # noqa: D103
     from biotune_optuna.comparison import run_search
     from biotune_optuna.objective import Objective
-    from biotune_optuna.sampler import PRUNED_VALUE_ATTR
+    from biotune_optuna.worker import describe_pruned
 
     baselines = _parse_list(args.baselines, list(BASELINES), "baseline")
     samplers = _parse_list(args.samplers, list(SAMPLERS), "sampler")
@@ -512,10 +509,7 @@ def cmd_compare(args: argparse.Namespace) -> int:  # noqa: D103
             if trial.state == optuna.trial.TrialState.COMPLETE:
                 console.print(f"{key} · trial {trial.number:>3} · val {trial.value:.4f}")
             elif trial.state == optuna.trial.TrialState.PRUNED:
-                at = trial.user_attrs.get("pruned_at", {})
-                value = trial.user_attrs.get(PRUNED_VALUE_ATTR)
-                console.print(f"{key} · trial {trial.number:>3} · pruned at seed {at.get('seed', 0) + 1} epoch {at.get('epoch')}"
-                              + (f" · val {value:.4f}" if value is not None else ""))
+                console.print(f"{key} · trial {trial.number:>3} · {describe_pruned(trial.user_attrs)}")
 
         others[key] = run_search(study._storage, study.study_name, config, key, Objective(config, splits, args.device, feature_cache_bytes=cache_bytes), args.workers, [on_trial])
     url = _storage_url(args)
@@ -594,16 +588,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     sampler = study.sampler
     state = sampler.search_state(study)
     trials = study.get_trials(deepcopy=False)
+    records = [(t, slot_record(t) or {}) for t in trials]
     # Trials started after the search was finished are pruned at once by the sampler: not evaluations.
-    evaluations = [t for t in trials if (slot_record(t) or {}).get("state") != "finished"]
-    counts = {s.name: sum(1 for t in evaluations if t.state == s) for s in optuna.trial.TrialState}
+    counts = {s.name: sum(1 for t, r in records if t.state == s and r.get("state") != "finished") for s in optuna.trial.TrialState}
     table = Table(title=f"{study.study_name}: {config.model} on {config.dataset.name}")
     table.add_column("")
     table.add_column("")
     table.add_row("generation", "finished" if state.finished else f"{state.generation} of {config.n_generations}")
     if not state.finished:
         n_slots = sampler.config.n_slots(state.generation)
-        records = [(t, slot_record(t) or {}) for t in trials]
         running = sum(1 for t, r in records if t.state == optuna.trial.TrialState.RUNNING and r.get("generation") == state.generation)
         failed = sum(1 for t, r in records if t.state == optuna.trial.TrialState.FAIL and r.get("generation") == state.generation)
         free = len(sampler.free_slots(study))

@@ -492,8 +492,7 @@ def _decode_image(path: Path, size: int, sha256: str) -> np.ndarray:
             left, top = (nw - size) // 2, (nh - size) // 2
             return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
     except Exception as e:  # PIL raises many types for bad files
-        reason = (str(e).splitlines() or [type(e).__name__])[0]
-        raise DataError(f"corrupt or unreadable image file {path}: {reason}") from None
+        raise DataError(f"corrupt or unreadable image file {path}: {_first_line(e)}") from None
 
 
 def _progress(items: Iterable, total: int, desc: str) -> Iterable:

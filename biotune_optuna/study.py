@@ -135,9 +135,8 @@ class StudyConfig:
           stop, as in the paper).
         * ``"median"``: :class:`optuna.pruners.MedianPruner` — stop a trial whose best accuracy
           so far (over all its seeds) is below the median of earlier trials at the same step;
-          not before
-          ``population_size`` trials have completed (the initial population always runs in
-          full), from the first epoch on.
+          not before ``population_size`` trials have completed (the initial population always
+          runs in full), from the first epoch on.
         * ``"successive-halving"``: :class:`optuna.pruners.SuccessiveHalvingPruner` (asynchronous
           successive halving, min resource 1, reduction factor 3): rungs at steps 1, 3, 9…, i.e.
           after 2, 4, 10… epochs counted along the evaluation (seed 2's first epoch is step
@@ -329,10 +328,14 @@ def create_or_resume(
         study = None
     if study is not None:
         stored = study.user_attrs.get(CONFIG_ATTR)
+        if not isinstance(stored, dict):
+            raise ConfigError(
+                f"study {name!r} already exists and was not made by biotune-optuna (it has no config); "
+                "choose another --study-name"
+            )
         with contextlib.suppress(ConfigError):  # fields added since (e.g. pruner) take their defaults
             stored = json.loads(json.dumps(StudyConfig.from_dict(stored).to_dict()))
         if stored != wanted:
-            stored = stored or {}
             diff = sorted(k for k in set(wanted) | set(stored) if stored.get(k) != wanted.get(k))
 
             def shown(k: str) -> str:

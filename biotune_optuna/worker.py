@@ -85,6 +85,14 @@ def wait_for_study(storage: optuna.storages.BaseStorage, name: str, wait_seconds
         delay = min(delay * 2, 10.0)
 
 
+def describe_pruned(attrs: dict) -> str:
+    """"pruned at seed S epoch E · val V" from a pruned trial's user attributes (``pruned_at``,
+    :data:`~biotune_optuna.sampler.PRUNED_VALUE_ATTR`); the value is left out when absent."""
+    at, value = attrs.get("pruned_at", {}), attrs.get(PRUNED_VALUE_ATTR)
+    text = f"pruned at seed {at.get('seed', 0) + 1} epoch {at.get('epoch')}"
+    return text if value is None else f"{text} · val {value:.4f}"
+
+
 def log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """One log line per evaluated trial: its slot, then its value, where it was pruned, or that it failed."""
     rec = slot_record(trial) or {}
@@ -95,9 +103,7 @@ def log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     if trial.state == optuna.trial.TrialState.COMPLETE:
         _logger.info("%s · val %.4f", head, trial.value)
     elif trial.state == optuna.trial.TrialState.PRUNED:
-        at = attrs.get("pruned_at", {})
-        _logger.info("%s · pruned at seed %s epoch %s · val %.4f", head, at.get("seed", 0) + 1, at.get("epoch"),
-                     attrs.get(PRUNED_VALUE_ATTR, float("nan")))
+        _logger.info("%s · %s", head, describe_pruned(attrs))
     elif trial.state == optuna.trial.TrialState.FAIL:
         _logger.info("%s · failed%s", head, " (interrupted)" if attrs.get("interrupted") else f": {attrs.get('error', '')}")
 

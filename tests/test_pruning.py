@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -73,14 +74,16 @@ def test_the_cli_stores_the_pruner_and_refuses_an_unknown_one(tmp_path):
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("pruner", ["median", "none"])
-def test_a_worker_prunes_real_fine_tunes_only_when_the_study_asks(pg_url, monkeypatch, pruner):
+def test_a_worker_prunes_real_fine_tunes_only_when_the_study_asks(pg_url, monkeypatch, caplog, pruner):
     # The study's pruner is swapped for one that stops every fine-tune below 99.9 % after its
     # first epoch, so that what is tested (the worker, the objective, the sampler) does not hang
     # on where a median falls; with pruner "none" in the config the objective never asks it.
     monkeypatch.setattr(StudyConfig, "make_pruner", lambda self: optuna.pruners.ThresholdPruner(lower=0.999))
     config = make_config(pruner)
     create_or_resume(open_storage(pg_url, create_tables=True), "p", config)
-    assert run_worker(pg_url, "p", device="cpu", heartbeat_interval=1, grace_period=60, wait_seconds=30) == 5
+    with caplog.at_level(logging.INFO, logger="biotune_optuna.worker"):
+        assert run_worker(pg_url, "p", device="cpu", heartbeat_interval=1, grace_period=60, wait_seconds=30) == 5
+    logged = [r.getMessage() for r in caplog.records if r.name == "biotune_optuna.worker" and r.getMessage().startswith("trial ")]
 
     study = optuna.load_study(study_name="p", storage=pg_url)
     trials = [t for t in study.trials if (t.system_attrs.get(SLOT_ATTR) or {}).get("state") == "claimed"]
@@ -102,6 +105,14 @@ def test_a_worker_prunes_real_fine_tunes_only_when_the_study_asks(pg_url, monkey
         if (rec["generation"], rec["slot"]) in fitness:
             assert fitness[(rec["generation"], rec["slot"])] == pytest.approx(1 - t.user_attrs[PRUNED_VALUE_ATTR], abs=1e-6)
     assert json.loads(json.dumps(study.user_attrs[CONFIG_ATTR]))["pruner"] == pruner
+    # One log line per trial, saying what became of it.
+    assert len(logged) == 5
+    for t in trials:
+        line = next(m for m in logged if m.startswith(f"trial {t.number} · "))
+        if t.state == PRUNED:
+            assert line.endswith(f"pruned at seed 1 epoch 1 · val {t.user_attrs[PRUNED_VALUE_ATTR]:.4f}"), line
+        else:
+            assert line.endswith(f"val {t.value:.4f}") and "pruned" not in line, line
 
 
 class _SecondSeedFirstEpoch(optuna.pruners.BasePruner):
@@ -128,3 +139,14 @@ def test_a_genome_pruned_in_its_second_seed_counts_with_the_seed_it_finished():
         seed1 = max(t.intermediate_values[0], t.intermediate_values[1])
         assert t.user_attrs[PRUNED_VALUE_ATTR] == pytest.approx(seed1, abs=1e-6)
         assert t.user_attrs["seed_accuracies"] == pytest.approx([seed1, t.intermediate_values[2]], abs=1e-6)
+
+
+def test_a_plain_optuna_study_of_that_name_is_refused_and_left_as_it_is(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = open_storage(url, create_tables=True)
+    plain = optuna.create_study(study_name="mine", storage=storage)
+    plain.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    with pytest.raises(ConfigError, match="'mine' already exists and was not made by biotune-optuna"):
+        create_or_resume(storage, "mine", make_config("none"))
+    again = optuna.load_study(study_name="mine", storage=url)
+    assert len(again.trials) == 2 and CONFIG_ATTR not in again.user_attrs

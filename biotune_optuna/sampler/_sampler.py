@@ -101,7 +101,8 @@ class BioTuneSampler(BaseSampler):
     accuracy in [0, 1]) and Φ = value in a minimised one (a loss ≥ 0). A PRUNED trial counts with
     the value in its user attribute :data:`PRUNED_VALUE_ATTR` (BioTune's objective sets the mean
     best validation accuracy of the seeds it finished, or the best its first seed reached before
-    it was stopped), else Optuna's value of a pruned trial (its last intermediate value), else the worst fitness.
+    it was stopped), else Optuna's value of a pruned trial (its last intermediate value), else
+    the worst fitness.
 
     Args:
         blocks: block names, input side first (B ≥ 1).
