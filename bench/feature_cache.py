@@ -31,10 +31,12 @@ import torch
 
 from torch.utils.flop_counter import FlopCounterMode
 
-from biotune_optuna.backbones import load_backbone
-from biotune_optuna.data import DatasetSpec, load_dataset
-from biotune_optuna.features import Batch, FeatureCache, model_input, prefix_features, replay, rows
-from biotune_optuna.training import Recipe, configure, fine_tune, pick_device, seed_everything, set_train_mode
+from biotune_optuna.finetune.backbones import load_backbone
+from biotune_optuna.config import DatasetSpec
+from biotune_optuna.finetune.data import load_dataset
+from biotune_optuna.finetune.features import Batch, FeatureCache, model_input, prefix_features, replay, rows
+from biotune_optuna.config import Recipe
+from biotune_optuna.finetune.training import configure, fine_tune, pick_device, seed_everything, set_train_mode
 
 
 def fine_tune_once(model, trained, data, recipe, seed, device, cache):  # noqa: ANN001

@@ -32,8 +32,10 @@ import sqlalchemy as sa
 from optuna.distributions import FloatDistribution
 from optuna.storages._rdb import models
 
-from biotune_optuna.genome import param_names, params_from_genome
-from biotune_optuna.sampler import SLOT_ATTR, BioTuneSampler, GAConfig, fold_of_generation, search_state
+from biotune_optuna.search.genome import param_names, params_from_genome
+from biotune_optuna.study.attrs import SLOT as SLOT_ATTR
+from biotune_optuna.study.sampler import BioTuneSampler, fold_of_generation
+from biotune_optuna.search import GAConfig, search_state
 
 BLOCKS = ("stem", "stage0", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "head_conv", "classifier")
 NAMES = param_names(BLOCKS)

@@ -39,10 +39,12 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from biotune_optuna import training
-from biotune_optuna.backbones import load_backbone
-from biotune_optuna.data import DatasetSpec, ImageSet, load_dataset, to_input
-from biotune_optuna.training import Recipe, evaluate, fine_tune, seed_everything
+from biotune_optuna.finetune import training
+from biotune_optuna.finetune.backbones import load_backbone
+from biotune_optuna.config import DatasetSpec
+from biotune_optuna.finetune.data import ImageSet, load_dataset, to_input
+from biotune_optuna.config import Recipe
+from biotune_optuna.finetune.training import evaluate, fine_tune, seed_everything
 
 SEED = 684
 LR = 1e-3

@@ -28,7 +28,7 @@ def objective(trial: optuna.Trial) -> float:
 
 def make_sampler(kind: str, trials: int, seed: int):
     if kind == "biotune":
-        from biotune_optuna.sampler import BioTuneSampler
+        from biotune_optuna.study.sampler import BioTuneSampler
 
         p, e = 10, 3
         generations = max(0, -(-(trials - p) // (p + e)))

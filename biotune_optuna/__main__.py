@@ -1,4 +1,7 @@
-from biotune_optuna.cli import main
+"""python -m biotune_optuna: the biotune-optuna command."""
+
 import sys
+
+from biotune_optuna.cli.main import main
 
 sys.exit(main())

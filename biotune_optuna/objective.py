@@ -29,13 +29,14 @@ from collections.abc import Callable, Hashable, Mapping
 
 import optuna
 
-from biotune_optuna.backbones import Backbone, load_backbone
-from biotune_optuna.data import Splits, fold_split
-from biotune_optuna.features import DEFAULT_MAX_BYTES, FeatureCache
-from biotune_optuna.genome import decode, param_names
-from biotune_optuna.sampler import PRUNED_VALUE_ATTR, fold_of_generation, slot_record
-from biotune_optuna.study import StudyConfig
-from biotune_optuna.training import Method, TrainResult, fine_tune, seed_everything
+from biotune_optuna.config import StudyConfig
+from biotune_optuna.finetune.backbones import Backbone, load_backbone
+from biotune_optuna.finetune.data import Splits, fold_split
+from biotune_optuna.finetune.features import DEFAULT_MAX_BYTES, FeatureCache
+from biotune_optuna.finetune.training import Method, TrainResult, fine_tune, seed_everything
+from biotune_optuna.search.genome import decode, param_names
+from biotune_optuna.study import attrs
+from biotune_optuna.study.sampler import fold_of_generation, slot_record
 
 
 _BUILD_LOCK = threading.Lock()
@@ -99,7 +100,7 @@ class Objective:
         on_epoch: optional progress hook ``(trial_number, seed_index, epoch, val_acc)``.
         feature_cache_bytes: memory budget of this worker's frozen-prefix feature cache
             (bytes; 0 turns it off). Trials on the same fold that freeze the same first blocks
-            compute those blocks once (:mod:`biotune_optuna.features`).
+            compute those blocks once (:mod:`biotune_optuna.finetune.features`).
 
     Returns (when called with a trial):
         Mean validation macro accuracy over ``config.seeds``, in [0, 1]; 0.0 without training
@@ -129,29 +130,29 @@ class Objective:
         cfg = self.config
         genome = [trial.suggest_float(name, 0.0, 1.0) for name in param_names(cfg.blocks)]
         record = slot_record(trial)
-        if record and record.get("state") == "claimed":
-            fold = record["fold"]
+        if record is not None and record.claimed:
+            fold = record.fold
         else:  # another sampler on the same space: rotate folds by the equivalent generation
             generation = generation_of_number(trial.number, cfg.population_size, cfg.n_elites)
             fold = fold_of_generation(generation, cfg.n_folds)
         plan = decode(genome, cfg.blocks, cfg.recipe.base_lr)
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        trial.set_user_attr("fold", fold)
-        trial.set_user_attr("trainable_blocks", plan.trainable_blocks)
-        trial.set_user_attr("lr_by_block", {b: float(f"{lr:.3g}") for b, lr in plan.lr_by_block.items()})
+        trial.set_user_attr(attrs.WORKER, f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr(attrs.FOLD, fold)
+        trial.set_user_attr(attrs.TRAINABLE_BLOCKS, plan.trainable_blocks)
+        trial.set_user_attr(attrs.LR_BY_BLOCK, {b: float(f"{lr:.3g}") for b, lr in plan.lr_by_block.items()})
         if plan.is_empty:
-            trial.set_user_attr("skipped", "no block is fine-tuned (every gene ≤ threshold)")
-            trial.set_user_attr("trainable_fraction", 0.0)
+            trial.set_user_attr(attrs.SKIPPED, "no block is fine-tuned (every gene ≤ threshold)")
+            trial.set_user_attr(attrs.TRAINABLE_FRACTION, 0.0)
             return 0.0
         try:
             return self._train(trial, plan, fold)
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
-            trial.set_user_attr("interrupted", True)  # the worker was stopped: not the genome's fault
+            trial.set_user_attr(attrs.INTERRUPTED, True)  # the worker was stopped: not the genome's fault
             raise
         except Exception as e:
-            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
+            trial.set_user_attr(attrs.ERROR, f"{type(e).__name__}: {e}"[:500])
             raise
 
     def _train(self, trial: optuna.Trial, plan, fold: int) -> float:  # noqa: ANN001
@@ -170,9 +171,9 @@ class Objective:
                 last = i == len(cfg.seeds) - 1 and epoch == cfg.recipe.max_epochs  # nothing left to save
                 if cfg.pruner != "none" and not last and trial.should_prune():
                     value = statistics.fmean(accuracies) if accuracies else best_so_far[0]
-                    trial.set_user_attr(PRUNED_VALUE_ATTR, round(value, 6))
-                    trial.set_user_attr("pruned_at", {"seed": i, "epoch": epoch})
-                    trial.set_user_attr("seed_accuracies", [round(a, 6) for a in best_so_far])
+                    trial.set_user_attr(attrs.PRUNED_VALUE, round(value, 6))
+                    trial.set_user_attr(attrs.PRUNED_AT, {"seed": i, "epoch": epoch})
+                    trial.set_user_attr(attrs.SEED_ACCURACIES, [round(a, 6) for a in best_so_far])
                     raise optuna.TrialPruned(f"pruned at seed {i + 1}, epoch {epoch}: best validation accuracy {value:.4f}")
 
             data_key = (cfg.dataset_fingerprint, fold, cfg.n_folds)
@@ -181,8 +182,8 @@ class Objective:
             )
             accuracies.append(result.best_accuracy)
             epochs.append(result.best_epoch)
-            trial.set_user_attr("trainable_fraction", round(result.trainable_fraction, 6))
-            trial.set_user_attr("cached_prefix", result.cached_prefix)
-        trial.set_user_attr("seed_accuracies", [round(a, 6) for a in accuracies])
-        trial.set_user_attr("best_epochs", epochs)
+            trial.set_user_attr(attrs.TRAINABLE_FRACTION, round(result.trainable_fraction, 6))
+            trial.set_user_attr(attrs.CACHED_PREFIX, result.cached_prefix)
+        trial.set_user_attr(attrs.SEED_ACCURACIES, [round(a, 6) for a in accuracies])
+        trial.set_user_attr(attrs.BEST_EPOCHS, epochs)
         return statistics.fmean(accuracies)

@@ -22,18 +22,21 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import optuna
 import sqlalchemy.exc
-from optuna.storages._heartbeat import get_heartbeat_thread
 
-from biotune_optuna.backbones import weights_fingerprint
-from biotune_optuna.data import Splits, load_dataset
-from biotune_optuna.features import DEFAULT_MAX_BYTES
-from biotune_optuna.sampler import PRUNED_VALUE_ATTR, slot_record
-from biotune_optuna.study import CONFIG_ATTR, ConfigError, StudyConfig, database_error, load_config, open_storage, redact
+from biotune_optuna.config import ConfigError, StudyConfig
+from biotune_optuna.finetune.backbones import weights_fingerprint
+from biotune_optuna.finetune.data import Splits, load_dataset
+from biotune_optuna.finetune.features import DEFAULT_MAX_BYTES
+from biotune_optuna.study import _optuna, attrs
+from biotune_optuna.study.retry import Backoff, retrying
+from biotune_optuna.study.sampler import slot_record
+from biotune_optuna.study.storage import database_error, open_storage, redact
+from biotune_optuna.study.studies import load_config, make_pruner, make_sampler
 
 _logger = logging.getLogger(__name__)
 
@@ -41,22 +44,22 @@ _logger = logging.getLogger(__name__)
 def connect(
     url: str, *, heartbeat_interval: int = 10, grace_period: int = 300, wait_seconds: float = 300.0
 ) -> optuna.storages.RDBStorage:
-    """Open ``url`` (no table creation, heartbeats on), retrying with backoff.
+    """Open ``url`` (no table creation, heartbeats on), retrying with backoff (1 s, doubling, ≤ 30 s).
 
     Raises:
         ConfigError: if the database stays unreachable (or without an Optuna schema) for
             ``wait_seconds``; the message hides the password.
     """
-    deadline, delay = time.monotonic() + wait_seconds, 1.0
-    while True:
-        try:
-            return open_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
-        except ConfigError as e:
-            if time.monotonic() + delay > deadline:
-                raise
-            _logger.warning("%s; retrying in %.0f s", e, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 30.0)
+
+    def log(error: BaseException, pause: float) -> None:
+        _logger.warning("%s; retrying in %.0f s", error, pause)
+
+    retry = retrying(within=wait_seconds, first=1.0, maximum=30.0, retry=lambda e: isinstance(e, ConfigError), on_retry=log)
+    return retry(open_storage, url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+
+
+class _NotYet(Exception):
+    """The study is not there yet (or has no config yet)."""
 
 
 def wait_for_study(storage: optuna.storages.BaseStorage, name: str, wait_seconds: float = 300.0) -> optuna.Study:
@@ -66,46 +69,51 @@ def wait_for_study(storage: optuna.storages.BaseStorage, name: str, wait_seconds
         ConfigError: if it does not appear within ``wait_seconds``, or at once if it carries a
             config this version cannot read (another config version: the worker refuses).
     """
-    deadline, delay, told = time.monotonic() + wait_seconds, 0.5, False
-    while True:
+
+    def attempt() -> optuna.Study:
         try:
             study = optuna.load_study(study_name=name, storage=storage)
-            if CONFIG_ATTR in study.user_attrs:
-                load_config(study)  # raises ConfigError for an incompatible config
-                return study
-            reason = "it has no config yet"
         except (KeyError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if time.monotonic() + delay > deadline:
-            raise ConfigError(f"study {name!r} did not appear within {wait_seconds:.0f} s ({reason})")
+            raise _NotYet(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        if attrs.CONFIG not in study.user_attrs:
+            raise _NotYet("it has no config yet")
+        load_config(study)  # raises ConfigError for an incompatible config
+        return study
+
+    told: list[bool] = []
+
+    def log(error: BaseException, pause: float) -> None:
         if not told:
             _logger.info("waiting for study %r to be created…", name)
-            told = True
-        time.sleep(delay)
-        delay = min(delay * 2, 10.0)
+            told.append(True)
+
+    try:
+        return retrying(within=wait_seconds, first=0.5, maximum=10.0, retry=lambda e: isinstance(e, _NotYet), on_retry=log)(attempt)
+    except _NotYet as e:
+        raise ConfigError(f"study {name!r} did not appear within {wait_seconds:.0f} s ({e})") from None
 
 
-def describe_pruned(attrs: dict) -> str:
+def describe_pruned(user_attrs: dict) -> str:
     """"pruned at seed S epoch E · val V" from a pruned trial's user attributes (``pruned_at``,
-    :data:`~biotune_optuna.sampler.PRUNED_VALUE_ATTR`); the value is left out when absent."""
-    at, value = attrs.get("pruned_at", {}), attrs.get(PRUNED_VALUE_ATTR)
+    :data:`~biotune_optuna.study.attrs.PRUNED_VALUE`); the value is left out when absent."""
+    at, value = user_attrs.get(attrs.PRUNED_AT, {}), user_attrs.get(attrs.PRUNED_VALUE)
     text = f"pruned at seed {at.get('seed', 0) + 1} epoch {at.get('epoch')}"
     return text if value is None else f"{text} · val {value:.4f}"
 
 
 def log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """One log line per evaluated trial: its slot, then its value, where it was pruned, or that it failed."""
-    rec = slot_record(trial) or {}
-    if rec.get("state") != "claimed":
+    rec = slot_record(trial)
+    if rec is None or not rec.claimed:
         return
-    head = f"trial {trial.number} · gen {rec['generation']} slot {rec['slot']} ({rec.get('role')}) · fold {rec.get('fold')}"
-    attrs = trial.user_attrs
+    head = f"trial {trial.number} · {rec.describe()}"
+    user = trial.user_attrs
     if trial.state == optuna.trial.TrialState.COMPLETE:
         _logger.info("%s · val %.4f", head, trial.value)
     elif trial.state == optuna.trial.TrialState.PRUNED:
-        _logger.info("%s · %s", head, describe_pruned(attrs))
+        _logger.info("%s · %s", head, describe_pruned(user))
     elif trial.state == optuna.trial.TrialState.FAIL:
-        _logger.info("%s · failed%s", head, " (interrupted)" if attrs.get("interrupted") else f": {attrs.get('error', '')}")
+        _logger.info("%s · failed%s", head, " (interrupted)" if user.get(attrs.INTERRUPTED) else f": {user.get(attrs.ERROR, '')}")
 
 
 @contextmanager
@@ -122,7 +130,7 @@ def heartbeat(trial: optuna.Trial):
 
     A no-op when the storage has no heartbeat configured.
     """
-    with get_heartbeat_thread(trial._trial_id, trial.study._storage):
+    with _optuna.heartbeat_thread(trial):
         yield
 
 
@@ -143,7 +151,7 @@ def check_fingerprints(config: StudyConfig, splits: Splits) -> None:
 
 def publish_quietly(study: optuna.Study, config: StudyConfig) -> None:
     """Refresh the study's dashboard pages; a failure is logged, never fatal to the search."""
-    from biotune_optuna.dashboard import publish
+    from biotune_optuna.report.dashboard import publish
 
     try:
         publish(study, config)
@@ -208,7 +216,7 @@ def run_worker(
             :class:`biotune_optuna.objective.Objective`.
         cache_dir: folder of decoded datasets shared with other runs and workers
             (``load_dataset(cache_dir=)``); None decodes from the files. The command line
-            passes :func:`biotune_optuna.data.dataset_cache_dir` unless ``--no-cache``.
+            passes :func:`biotune_optuna.finetune.data.dataset_cache_dir` unless ``--no-cache``.
         feature_cache_bytes: memory for this worker's frozen-prefix features (0: off).
 
     Returns:
@@ -230,13 +238,24 @@ def run_worker(
         objective = Objective(config, splits, device, feature_cache_bytes=feature_cache_bytes)
     else:
         objective = objective_factory(config, splits, device)
-    sampler = config.sampler(claim_timeout=float(grace_period))
-    study.sampler = sampler
-    study.pruner = config.make_pruner()
+    study.sampler = make_sampler(config, claim_timeout=float(grace_period))
+    study.pruner = make_pruner(config)
     _logger.info("worker joined study %r in %s", study_name, redact(url))
+    loop = _Loop(study, config, objective, url)
+    with _stopped_by_signals() as stop:
+        try:
+            while not stop.is_set() and (max_trials is None or loop.ran < max_trials) and loop.step():
+                pass
+        except KeyboardInterrupt:
+            _logger.warning("stopping on signal: the current trial (if any) is marked FAIL and its slot will be redone")
+    return loop.ran
 
-    stop = threading.Event()
-    previous = {}
+
+@contextmanager
+def _stopped_by_signals() -> Iterator[threading.Event]:
+    """SIGTERM / SIGINT set the event and raise KeyboardInterrupt in the main thread (the current
+    trial fails cleanly); handlers are restored on exit. Off the main thread: the event only."""
+    stop, previous = threading.Event(), {}
 
     def on_signal(signum, frame):  # noqa: ANN001
         stop.set()
@@ -245,43 +264,56 @@ def run_worker(
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, on_signal)
-    ran, delay, told, published = 0, 0.5, 0.0, -1
     try:
-        while not stop.is_set() and (max_trials is None or ran < max_trials):
-            try:
-                optuna.storages.fail_stale_trials(study)
-                state = sampler.search_state(study)
-                if len(state.populations) > published:  # a generation closed: refresh the dashboard
-                    published = len(state.populations)
-                    publish_quietly(study, config)
-                if state.finished:
-                    _logger.info("the search is finished: worker exits after %d trial(s)", ran)
-                    break
-                if not sampler.free_slots(study):
-                    if time.monotonic() - told > 30:
-                        _logger.info("generation %d has no free slot yet: waiting", state.generation)
-                        told = time.monotonic()
-                    time.sleep(delay)
-                    delay = min(delay * 1.5, 10.0)
-                    continue
-                delay = 0.5
-                study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[log_trial])
-                ran += 1
-            except Exception as e:  # noqa: BLE001 - sorted below; anything else is re-raised
-                if _reaped_while_running(e):
-                    _logger.warning(
-                        "a trial of this worker was reaped as stale while it ran; its result is lost and its slot will be redone"
-                    )
-                    continue
-                cause = _database_cause(e)
-                if cause is None:
-                    raise
-                _logger.warning("database unreachable (%s); retrying in %.0f s", database_error(cause, url), delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 30.0)
-    except KeyboardInterrupt:
-        _logger.warning("stopping on signal: the current trial (if any) is marked FAIL and its slot will be redone")
+        yield stop
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return ran
+
+
+class _Loop:
+    """One worker's claim → evaluate cycle; :meth:`step` does one round."""
+
+    def __init__(self, study: optuna.Study, config: StudyConfig, objective: Callable, url: str) -> None:
+        self.study, self.config, self.objective, self.url = study, config, objective, url
+        self.ran, self.published, self.told = 0, -1, 0.0
+        self.idle = Backoff(0.5, 10.0, 1.5)  # no free slot: the generation waits for running trials
+        self.outage = Backoff(0.5, 30.0)  # the database does not answer
+
+    def step(self) -> bool:
+        """Reap stale trials, then evaluate one trial if a slot is free, else wait a little.
+
+        Returns:
+            False when the search is finished (the worker exits).
+        """
+        study, sampler = self.study, self.study.sampler
+        try:
+            optuna.storages.fail_stale_trials(study)
+            state = sampler.search_state(study)
+            if len(state.populations) > self.published:  # a generation closed: refresh the dashboard
+                self.published = len(state.populations)
+                publish_quietly(study, self.config)
+            if state.finished:
+                _logger.info("the search is finished: worker exits after %d trial(s)", self.ran)
+                return False
+            if not sampler.free_slots(study):
+                if time.monotonic() - self.told > 30:
+                    _logger.info("generation %d has no free slot yet: waiting", state.generation)
+                    self.told = time.monotonic()
+                self.idle.sleep()
+                return True
+            self.idle.reset()
+            study.optimize(self.objective, n_trials=1, catch=(Exception,), callbacks=[log_trial])
+            self.ran += 1
+            self.outage.reset()
+        except Exception as e:  # noqa: BLE001 - sorted below; anything else is re-raised
+            if _reaped_while_running(e):
+                _logger.warning("a trial of this worker was reaped as stale while it ran; its result is lost and its slot will be redone")
+                return True
+            cause = _database_cause(e)
+            if cause is None:
+                raise
+            pause = self.outage.next()
+            _logger.warning("database unreachable (%s); retrying in %.0f s", database_error(cause, self.url), pause)
+            time.sleep(pause)
+        return True

@@ -12,7 +12,7 @@ import random
 import sys
 import time
 
-from biotune_optuna.genome import param_names
+from biotune_optuna.search.genome import param_names
 
 TARGET_SEED = 3
 

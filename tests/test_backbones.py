@@ -13,7 +13,7 @@ import torchvision.models as tvm
 from PIL import Image
 from torch import nn
 
-from biotune_optuna.backbones import Backbone, BackboneError, available_models, load_backbone, weights_fingerprint
+from biotune_optuna.finetune.backbones import Backbone, BackboneError, available_models, load_backbone, weights_fingerprint
 
 torch.set_num_threads(2)
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from biotune_optuna.backbones import load_backbone
-from biotune_optuna.baselines import BASELINES, LABELS, AutoRGN, LoRAConv2d, make_baseline, merge_lora
-from biotune_optuna.data import ImageSet
-from biotune_optuna.training import Recipe, cosine_factor, fine_tune, seed_everything
+from biotune_optuna.finetune.backbones import load_backbone
+from biotune_optuna.finetune.baselines import BASELINES, LABELS, AutoRGN, LoRAConv2d, make_baseline, merge_lora
+from biotune_optuna.finetune.data import ImageSet
+from biotune_optuna.config import Recipe
+from biotune_optuna.finetune.training import cosine_factor, fine_tune, seed_everything
 
 LR = 1e-3
 ONE_EPOCH = Recipe(max_epochs=1, batch_size=8)

@@ -13,7 +13,7 @@ import optuna
 import pytest
 from PIL import Image
 
-from biotune_optuna.study import CONFIG_ATTR
+from biotune_optuna.study.attrs import CONFIG as CONFIG_ATTR
 
 TINY = [
     "--dataset", "digits", "--image-size", "32", "--population", "3", "--elites", "1", "--generations", "1",
@@ -199,10 +199,12 @@ def test_compare_runs_every_baseline_and_another_sampler_and_writes_plots(tiny_r
 
 
 def test_no_amp_and_no_channels_last_reach_the_stored_recipe(tmp_path):
-    from biotune_optuna.cli import _parser, _recipe, _settings
+    from biotune_optuna.cli.common import settings
+    from biotune_optuna.cli.loading import recipe as recipe_of
+    from biotune_optuna.cli.parser import build_parser
 
     def recipe(*argv):
-        return _recipe(_settings(_parser().parse_args(argv)))
+        return recipe_of(settings(build_parser().parse_args(argv)))
 
     for command in (["run"], ["create", "--study-name", "x"]):
         assert (recipe(*command, *TINY).amp, recipe(*command, *TINY).channels_last) == (True, True)
@@ -220,7 +222,8 @@ def test_no_amp_and_no_channels_last_reach_the_stored_recipe(tmp_path):
 
 
 def test_every_command_that_loads_data_takes_the_cache_options(tmp_path, monkeypatch):
-    from biotune_optuna.cli import _dataset_cache, _parser
+    from biotune_optuna.cli.loading import dataset_cache as _dataset_cache
+    from biotune_optuna.cli.parser import build_parser as _parser
 
     monkeypatch.setenv("BIOTUNE_CACHE_DIR", str(tmp_path / "env"))
     for command in (["run"], ["create", "--study-name", "x"], ["worker", "--study-name", "x"],

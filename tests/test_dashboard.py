@@ -1,5 +1,5 @@
 """optuna-dashboard pages of a BioTune study, end to end: PostgreSQL, the real dashboard server
-(:func:`biotune_optuna.dashboard.serve` in a subprocess) and headless Chromium.
+(:func:`biotune_optuna.report.dashboard.serve` in a subprocess) and headless Chromium.
 
 The storage URL carries a password (the local test server trusts every connection, so any
 password works) and the test checks that it shows up nowhere: not in the rendered pages, the
@@ -29,9 +29,11 @@ from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
 from PIL import Image
 from sqlalchemy.engine import make_url
 
-from biotune_optuna.dashboard import GRAPH_IDS, SUMMARY_END, is_loopback, publish, serve
-from biotune_optuna.plots import TITLES
-from biotune_optuna.study import ConfigError, create_or_resume, open_storage
+from biotune_optuna.report.dashboard import GRAPH_IDS, SUMMARY_END, is_loopback, publish, serve
+from biotune_optuna.report.plots import TITLES
+from biotune_optuna.config import ConfigError
+from biotune_optuna.study.studies import create_or_resume, make_sampler
+from biotune_optuna.study.storage import open_storage
 from test_plots import fake_objective, run_search, small_config
 
 SECRET = "some-secret"
@@ -57,7 +59,7 @@ def stored_figures(study: optuna.Study) -> dict[str, dict]:
 def test_publishing_again_replaces_the_plots_and_keeps_what_a_user_wrote_in_the_note():
     config = small_config()  # P = 5
     study = optuna.create_study(direction="maximize")
-    study.sampler = config.sampler(poll_interval=0.005)
+    study.sampler = make_sampler(config, poll_interval=0.005)
     study.optimize(fake_objective(config), n_trials=3)
     assert publish(study, config)  # before the initial population closes: empty plots, a summary
     assert "has not closed yet" in optuna_dashboard.get_note(study)

@@ -14,17 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from biotune_optuna import data
-from biotune_optuna.data import (
-    DATASETS,
-    DataError,
-    DatasetSpec,
-    ImageSet,
-    fold_split,
-    load_dataset,
-    stratified_folds,
-    to_input,
-)
+from biotune_optuna.finetune import data
+from biotune_optuna.config import DATASETS, DataError, DatasetSpec
+from biotune_optuna.finetune.data import ImageSet, fold_split, load_dataset, stratified_folds, to_input
 
 # Label counts of the official MNIST files (train-labels / t10k-labels).
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -246,12 +238,12 @@ def test_unknown_dataset_lists_valid_names():
     "kwargs, message",
     [
         ({"name": "folder"}, "needs a path"),
-        ({"name": "mnist", "train_size": 0}, "train_size must be > 0"),
-        ({"name": "mnist", "val_size": -3}, "val_size must be > 0"),
-        ({"name": "mnist", "test_size": 0}, "test_size must be > 0"),
-        ({"name": "mnist", "image_size": 7}, "image_size must be >= 8"),
+        ({"name": "mnist", "train_size": 0}, "train_size must be ≥ 1"),
+        ({"name": "mnist", "val_size": -3}, "val_size must be ≥ 1"),
+        ({"name": "mnist", "test_size": 0}, "test_size must be ≥ 1"),
+        ({"name": "mnist", "image_size": 7}, "image_size must be ≥ 8"),
         ({"name": "digits", "path": "/tmp"}, "takes no path"),
-        ({"name": "digits", "seed": -1}, "seed must be >= 0"),
+        ({"name": "digits", "seed": -1}, "seed must be ≥ 0"),
     ],
 )
 def test_bad_spec_is_rejected(kwargs, message):
@@ -507,7 +499,8 @@ def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 WRITER = """
 import json, logging, sys, time
 from pathlib import Path
-from biotune_optuna.data import DatasetSpec, load_dataset
+from biotune_optuna.config import DatasetSpec
+from biotune_optuna.finetune.data import load_dataset
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 spec, cache, gate, ready = DatasetSpec.from_dict(json.loads(sys.argv[1])), sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
 ready.touch()

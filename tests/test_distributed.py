@@ -20,9 +20,13 @@ import optuna
 import pytest
 
 from _toy import toy_fitness
-from biotune_optuna.data import DatasetSpec, load_dataset
-from biotune_optuna.sampler import SLOT_ATTR, GAConfig, search_state
-from biotune_optuna.study import StudyConfig, create_or_resume, open_storage
+from biotune_optuna.config import DatasetSpec
+from biotune_optuna.finetune.data import load_dataset
+from biotune_optuna.study.attrs import SLOT as SLOT_ATTR
+from biotune_optuna.search import GAConfig, search_state
+from biotune_optuna.config import StudyConfig
+from biotune_optuna.study.studies import create_or_resume
+from biotune_optuna.study.storage import open_storage
 
 pytestmark = pytest.mark.postgres
 TESTS = Path(__file__).parent
@@ -182,7 +186,7 @@ CLI = [sys.executable, "-m", "biotune_optuna"]
 
 _OPEN_AT_ONCE = """
 import pathlib, sys, time
-from biotune_optuna.study import open_storage
+from biotune_optuna.study.storage import open_storage
 from biotune_optuna.worker import connect
 url, gate, create = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3] == "1"
 (gate / f"ready-{sys.argv[4]}").touch()

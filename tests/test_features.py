@@ -6,10 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from biotune_optuna.backbones import Backbone, load_backbone
-from biotune_optuna.data import DatasetSpec, ImageSet, fold_split, load_dataset
-from biotune_optuna.features import FeatureCache, find_split
-from biotune_optuna.training import Recipe, fine_tune, predict, seed_everything
+from biotune_optuna.finetune.backbones import Backbone, load_backbone
+from biotune_optuna.config import DatasetSpec
+from biotune_optuna.finetune.data import ImageSet, fold_split, load_dataset
+from biotune_optuna.finetune.features import FeatureCache, find_split
+from biotune_optuna.config import Recipe
+from biotune_optuna.finetune.training import fine_tune, predict, seed_everything
 
 torch.set_num_threads(2)
 

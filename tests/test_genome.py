@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from biotune_optuna.genome import decode, genome_from_params, lr_factor, param_names, params_from_genome
+from biotune_optuna.search.genome import decode, genome_from_params, lr_factor, param_names, params_from_genome
 
 BLOCKS = ["stem", "layer1", "layer2", "fc"]
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from biotune_optuna.sampler import _operators as ops
+from biotune_optuna.search import operators as ops
 
 
 class ScriptedRng:

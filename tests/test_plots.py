@@ -17,18 +17,12 @@ import pytest
 import sqlalchemy
 from PIL import Image
 
-from biotune_optuna.data import DatasetSpec
-from biotune_optuna.genome import decode, param_names
-from biotune_optuna.plots import (
-    DEFAULT_HEIGHT,
-    DEFAULT_WIDTH,
-    TITLES,
-    comparison_figure,
-    search_figures,
-    write_figures,
-)
-from biotune_optuna.sampler import SLOT_ATTR
-from biotune_optuna.study import StudyConfig
+from biotune_optuna.study.studies import make_sampler
+from biotune_optuna.config import DatasetSpec
+from biotune_optuna.search.genome import decode, param_names
+from biotune_optuna.report.plots import DEFAULT_HEIGHT, DEFAULT_WIDTH, TITLES, comparison_figure, search_figures, write_figures
+from biotune_optuna.study.attrs import SLOT as SLOT_ATTR
+from biotune_optuna.config import StudyConfig
 
 BLOCKS = ("stem", "b1", "b2", "head")
 #: Made-up parameter counts per block, for a realistic trainable fraction.
@@ -71,7 +65,7 @@ def fake_objective(config: StudyConfig):
 def run_search(study: optuna.Study, config: StudyConfig) -> None:
     """Evaluate every slot of the search (one worker)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study.sampler = config.sampler(poll_interval=0.005, max_poll_interval=0.05)
+    study.sampler = make_sampler(config, poll_interval=0.005, max_poll_interval=0.05)
     study.optimize(fake_objective(config), n_trials=config.n_evaluations)
 
 
@@ -87,7 +81,7 @@ def sqlite_storage(path) -> optuna.storages.RDBStorage:  # noqa: ANN001
 def searched(tmp_path_factory):
     config = small_config()
     storage = sqlite_storage(tmp_path_factory.mktemp("study") / "study.db")
-    study = optuna.create_study(study_name="plots", storage=storage, direction="maximize", sampler=config.sampler())
+    study = optuna.create_study(study_name="plots", storage=storage, direction="maximize", sampler=make_sampler(config))
     run_search(study, config)
     return study, config
 
@@ -106,7 +100,7 @@ def test_search_figures_have_the_four_plots_with_titles_and_axis_labels(searched
 
 def test_fitness_plot_has_one_point_per_closed_generation_and_a_monotone_best_ever(searched):
     study, config = searched
-    state = config.sampler().search_state(study)
+    state = make_sampler(config).search_state(study)
     assert state.finished and len(state.populations) == config.n_generations + 1
     best, mean, ever = search_figures(study, config)["fitness"].data
     assert list(best.x) == list(mean.x) == list(ever.x) == list(range(config.n_generations + 1))
@@ -119,7 +113,7 @@ def test_fitness_plot_has_one_point_per_closed_generation_and_a_monotone_best_ev
 
 def test_diversity_plot_is_the_gene_spread_of_each_population(searched):
     study, config = searched
-    state = config.sampler().search_state(study)
+    state = make_sampler(config).search_state(study)
     (trace,) = search_figures(study, config)["diversity"].data
     assert list(trace.y) == pytest.approx([p.diversity for p in state.populations])
     assert all(0 < d < 0.6 for d in trace.y)
@@ -127,7 +121,7 @@ def test_diversity_plot_is_the_gene_spread_of_each_population(searched):
 
 def test_learning_rate_heat_map_has_a_row_per_elite_and_nan_exactly_where_frozen(searched):
     study, config = searched
-    state = config.sampler().search_state(study)
+    state = make_sampler(config).search_state(study)
     (heat,) = search_figures(study, config)["learning_rates"].data
     elites = [(p.generation, e, m) for p in state.populations for e, m in enumerate(p.members[: config.n_elites], 1)]
     assert len(heat.z) == len(heat.y) == (config.n_generations + 1) * config.n_elites
@@ -165,8 +159,8 @@ def test_accuracy_vs_params_has_one_point_per_complete_trial(searched):
 
 def test_search_figures_of_a_study_without_closed_generation_are_empty(tmp_path):
     config = small_config()
-    study = optuna.create_study(storage=sqlite_storage(tmp_path / "s.db"), direction="maximize", sampler=config.sampler())
-    study.sampler = config.sampler(poll_interval=0.005)
+    study = optuna.create_study(storage=sqlite_storage(tmp_path / "s.db"), direction="maximize", sampler=make_sampler(config))
+    study.sampler = make_sampler(config, poll_interval=0.005)
     study.optimize(fake_objective(config), n_trials=2)
     figures = search_figures(study, config)
     assert len(figures["fitness"].data[0].x) == 0 and len(figures["learning_rates"].data[0].z) == 0

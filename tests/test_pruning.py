@@ -11,12 +11,16 @@ import sys
 import optuna
 import pytest
 
-from biotune_optuna.backbones import load_backbone
-from biotune_optuna.data import DatasetSpec, load_dataset
+from biotune_optuna.finetune.backbones import load_backbone
+from biotune_optuna.config import DatasetSpec
+from biotune_optuna.finetune.data import load_dataset
 from biotune_optuna.objective import Objective
-from biotune_optuna.sampler import PRUNED_VALUE_ATTR, SLOT_ATTR
-from biotune_optuna.study import CONFIG_ATTR, PRUNERS, ConfigError, StudyConfig, create_or_resume, open_storage
-from biotune_optuna.training import Recipe
+from biotune_optuna.study.attrs import PRUNED_VALUE as PRUNED_VALUE_ATTR, SLOT as SLOT_ATTR
+from biotune_optuna.study.attrs import CONFIG as CONFIG_ATTR
+from biotune_optuna.config import PRUNERS, ConfigError, StudyConfig
+from biotune_optuna.study.studies import create_or_resume, make_pruner, make_sampler
+from biotune_optuna.study.storage import open_storage
+from biotune_optuna.config import Recipe
 from biotune_optuna.worker import run_worker
 
 PRUNED, COMPLETE = optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE
@@ -35,13 +39,13 @@ def make_config(pruner: str, splits=None) -> StudyConfig:
 
 
 def test_each_pruner_name_builds_its_optuna_pruner_and_others_are_refused():
-    built = {name: type(make_config(name).make_pruner()) for name in PRUNERS}
+    built = {name: type(make_pruner(make_config(name))) for name in PRUNERS}
     assert built == {
         "none": optuna.pruners.NopPruner,
         "median": optuna.pruners.MedianPruner,
         "successive-halving": optuna.pruners.SuccessiveHalvingPruner,
     }
-    median = make_config("median").make_pruner()
+    median = make_pruner(make_config("median"))
     assert median._n_startup_trials == 2  # the initial population always runs in full
     with pytest.raises(ConfigError, match="pruner must be one of"):
         make_config("hyperband")
@@ -78,7 +82,7 @@ def test_a_worker_prunes_real_fine_tunes_only_when_the_study_asks(pg_url, monkey
     # The study's pruner is swapped for one that stops every fine-tune below 99.9 % after its
     # first epoch, so that what is tested (the worker, the objective, the sampler) does not hang
     # on where a median falls; with pruner "none" in the config the objective never asks it.
-    monkeypatch.setattr(StudyConfig, "make_pruner", lambda self: optuna.pruners.ThresholdPruner(lower=0.999))
+    monkeypatch.setattr("biotune_optuna.worker.make_pruner", lambda config: optuna.pruners.ThresholdPruner(lower=0.999))
     config = make_config(pruner)
     create_or_resume(open_storage(pg_url, create_tables=True), "p", config)
     with caplog.at_level(logging.INFO, logger="biotune_optuna.worker"):
@@ -89,7 +93,7 @@ def test_a_worker_prunes_real_fine_tunes_only_when_the_study_asks(pg_url, monkey
     trials = [t for t in study.trials if (t.system_attrs.get(SLOT_ATTR) or {}).get("state") == "claimed"]
     trained = [t for t in trials if t.user_attrs["trainable_blocks"]]
     assert len(trials) == 5 and trained
-    state = config.sampler().search_state(study)
+    state = make_sampler(config).search_state(study)
     assert state.finished
     fitness = {m.origin: m.fitness for p in state.populations for m in p.members}
     for t in trained:
@@ -129,7 +133,7 @@ def test_a_genome_pruned_in_its_second_seed_counts_with_the_seed_it_finished():
     # One fresh epoch of seed 2 says little; the finished seed 1 is what the genome showed.
     config = make_config("median")
     splits = load_dataset(config.dataset)
-    study = optuna.create_study(direction="maximize", sampler=config.sampler(), pruner=_SecondSeedFirstEpoch(2))
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(config), pruner=_SecondSeedFirstEpoch(2))
     study.optimize(Objective(config, splits, "cpu"), n_trials=2, catch=())
     trained = [t for t in study.trials if t.user_attrs["trainable_blocks"]]
     assert trained

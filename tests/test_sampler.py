@@ -7,8 +7,10 @@ import time
 import optuna
 import pytest
 
-from biotune_optuna.genome import param_names
-from biotune_optuna.sampler import PRUNED_VALUE_ATTR, SLOT_ATTR, BioTuneSampler, GAConfig, fold_of_generation, search_state
+from biotune_optuna.search.genome import param_names
+from biotune_optuna.study.attrs import PRUNED_VALUE as PRUNED_VALUE_ATTR, SLOT as SLOT_ATTR
+from biotune_optuna.study.sampler import BioTuneSampler, fold_of_generation
+from biotune_optuna.search import GAConfig, search_state
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 BLOCKS = ["stem", "b1", "b2", "head"]

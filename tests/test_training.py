@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from biotune_optuna.backbones import load_backbone
-from biotune_optuna.data import DatasetSpec, load_dataset
-from biotune_optuna.genome import decode
-from biotune_optuna.training import Recipe, configure, fine_tune, macro_accuracy, seed_everything, set_train_mode
+from biotune_optuna.finetune.backbones import load_backbone
+from biotune_optuna.config import DatasetSpec
+from biotune_optuna.finetune.data import load_dataset
+from biotune_optuna.search.genome import decode
+from biotune_optuna.config import Recipe
+from biotune_optuna.finetune.training import configure, fine_tune, macro_accuracy, seed_everything, set_train_mode
 
 torch.set_num_threads(2)
 
@@ -35,7 +37,7 @@ def test_frozen_blocks_keep_weights_and_batchnorm_statistics():
     before = {k: v.clone() for k, v in bb.model.state_dict().items()}
     images = torch.randint(0, 255, (24, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(24) % 3
-    from biotune_optuna.data import ImageSet
+    from biotune_optuna.finetune.data import ImageSet
 
     data = ImageSet(images, labels)
     fine_tune(bb, {"layer4": 1e-3, "fc": 1e-3}, data, data, Recipe(max_epochs=1, batch_size=8), seed=1, device="cpu")
@@ -100,6 +102,6 @@ def test_early_stopping_keeps_the_best_epoch(digits):
     assert result.best_accuracy == max(seen) and seen[result.best_epoch - 1] == result.best_accuracy
     stops_after = result.best_epoch + 1
     assert len(seen) == min(stops_after, 6)  # patience 1: one epoch without strict improvement ends it
-    from biotune_optuna.training import evaluate
+    from biotune_optuna.finetune.training import evaluate
 
     assert evaluate(bb.model, digits.val, bb, torch.device("cpu")) == pytest.approx(result.best_accuracy)

@@ -1,18 +1,21 @@
-"""BioTune's evolutionary sampler for Optuna (spec/biotune-algorithm.md §7, §12).
+"""Old home of the sampler, kept for one release: import from :mod:`biotune_optuna.study.sampler`.
 
-The operators (:mod:`._operators`) and the generation replay (:mod:`._generations`) are pure
-(numpy only); :class:`BioTuneSampler` adds the Optuna side: slot claims in trial system
-attributes and state rebuilt from storage.
+``from biotune_optuna.sampler import BioTuneSampler`` still works (with a DeprecationWarning).
 """
 
-from biotune_optuna.sampler._generations import GAConfig, Member, Population, Proposal, SearchState, search_state
-from biotune_optuna.sampler._sampler import (
-    FAILED_ATTR,
-    PRUNED_VALUE_ATTR,
-    SLOT_ATTR,
-    BioTuneSampler,
-    fold_of_generation,
-    slot_record,
+import warnings
+
+from biotune_optuna.search import GAConfig, Member, Population, Proposal, SearchState, search_state
+from biotune_optuna.study.attrs import FAILED as FAILED_ATTR
+from biotune_optuna.study.attrs import PRUNED_VALUE as PRUNED_VALUE_ATTR
+from biotune_optuna.study.attrs import SLOT as SLOT_ATTR
+from biotune_optuna.study.sampler import BioTuneSampler, fold_of_generation, slot_record
+
+warnings.warn(
+    "biotune_optuna.sampler moved: import BioTuneSampler from biotune_optuna.study.sampler "
+    "(the old path goes away in the next release)",
+    DeprecationWarning,
+    stacklevel=2,
 )
 
 __all__ = [

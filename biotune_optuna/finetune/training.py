@@ -27,58 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from biotune_optuna.backbones import Backbone
-from biotune_optuna.data import ImageSet
-from biotune_optuna.features import Batch, FeatureCache, Features, model_input, prefix_features, replay, rows
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Training hyper-parameters (spec §4 defaults).
-
-    Attributes:
-        max_epochs: epochs at most (≥ 1; spec 30).
-        patience: epochs without strict improvement of validation macro accuracy before
-            stopping (≥ 1; spec 3).
-        batch_size: training batch (spec 96).
-        eval_batch_size: validation/test batch.
-        base_lr: base learning rate (spec 1e-3); block learning rates scale it.
-        cosine_t_max: CosineAnnealingLR T_max in epochs (spec 100).
-        frozen_bn: ``"eval"`` (default) runs frozen blocks in eval mode (BatchNorm statistics
-            fixed, dropout off); ``"train"`` reproduces the reference, where the statistics of
-            frozen blocks keep updating (and no frozen-prefix cache is possible).
-        amp: bf16 autocast on CUDA (ignored on CPU).
-        channels_last: NHWC memory format (about 1.6× faster training of EfficientNet-Lite0
-            on CPU, and the fast path for tensor cores on CUDA).
-    """
-
-    max_epochs: int = 30
-    patience: int = 3
-    batch_size: int = 96
-    eval_batch_size: int = 256
-    base_lr: float = 1e-3
-    cosine_t_max: int = 100
-    frozen_bn: str = "eval"
-    amp: bool = True
-    channels_last: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("max_epochs", "patience", "batch_size", "eval_batch_size", "cosine_t_max"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', ' ')} must be ≥ 1, got {getattr(self, name)}")
-        if not (self.base_lr > 0 and math.isfinite(self.base_lr)):
-            raise ValueError(f"base learning rate must be a finite number > 0, got {self.base_lr}")
-        if self.frozen_bn not in ("eval", "train"):
-            raise ValueError(f"frozen_bn must be 'eval' or 'train', got {self.frozen_bn!r}")
-
-    def to_dict(self) -> dict:
-        """JSON-safe dict (stored in the study's user attributes)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> Recipe:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``TypeError``."""
-        return cls(**d)
+from biotune_optuna.config import Recipe
+from biotune_optuna.finetune.backbones import Backbone
+from biotune_optuna.finetune.data import ImageSet
+from biotune_optuna.finetune.features import Batch, FeatureCache, Features, model_input, prefix_features, replay, rows
 
 
 @dataclass

@@ -27,12 +27,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from biotune_optuna.sampler import _operators as ops
+from biotune_optuna.config import MODES, check_search, n_evaluations
+from biotune_optuna.search import operators as ops
+from biotune_optuna.search.fitness import WORST_FITNESS
 
-#: Fitness given to a slot whose every attempt failed (Φ of 0 % accuracy).
-WORST_FITNESS = 1.0
-
-MODES = ("batched", "reference")
+__all__ = ["MODES", "WORST_FITNESS", "GAConfig", "Member", "Population", "Proposal", "SearchState", "initial_proposals", "search_state"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,8 @@ class GAConfig:
         mode: ``"batched"`` or ``"reference"`` (module docstring).
 
     Raises:
-        ValueError: on sizes outside these ranges, naming the offending value.
+        ConfigError: (a ValueError) on sizes outside these ranges, naming the offending value
+            (:func:`biotune_optuna.config.check_search`).
     """
 
     n_blocks: int
@@ -59,21 +59,7 @@ class GAConfig:
     mode: str = "batched"
 
     def __post_init__(self) -> None:
-        if self.n_blocks < 1:
-            raise ValueError(f"n_blocks must be ≥ 1, got {self.n_blocks}")
-        if self.population_size < 2:
-            raise ValueError(f"population size must be ≥ 2, got {self.population_size}")
-        if not 0 <= self.n_elites < self.population_size:
-            raise ValueError(
-                f"elites must satisfy 0 ≤ elites < population size, got elites={self.n_elites}, "
-                f"population={self.population_size}"
-            )
-        if self.n_generations < 0:
-            raise ValueError(f"generations must be ≥ 0, got {self.n_generations}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be ≥ 0, got {self.seed}")
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        check_search(self.n_blocks, self.population_size, self.n_elites, self.n_generations, self.seed, self.mode)
 
     def n_slots(self, generation: int) -> int:
         """Slots of a generation: P for generation 0, 2E + (P − E) after."""
@@ -84,7 +70,7 @@ class GAConfig:
     @property
     def n_evaluations(self) -> int:
         """Total slots of the search: P + G·(P + E) (spec §7.14)."""
-        return self.population_size + self.n_generations * (self.population_size + self.n_elites)
+        return n_evaluations(self.population_size, self.n_elites, self.n_generations)
 
 
 @dataclass(frozen=True)

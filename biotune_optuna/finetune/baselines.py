@@ -40,8 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from biotune_optuna.backbones import Backbone
-from biotune_optuna.training import BlockLR, Method, _logits, configure
+from biotune_optuna.config import BASELINE_LABELS
+from biotune_optuna.finetune.backbones import Backbone
+from biotune_optuna.finetune.training import BlockLR, Method, _logits, configure
 
 __all__ = [
     "BASELINES",
@@ -59,16 +60,8 @@ __all__ = [
     "merge_lora",
 ]
 
-LABELS: dict[str, str] = {
-    "full": "Full fine-tuning",
-    "linear": "Linear probing",
-    "autorgn": "AutoRGN",
-    "l2sp": "L2-SP",
-    "l1sp": "L1-SP",
-    "lora": "LoRA",
-    "bitfit": "BitFit",
-    "llrd": "LLRD",
-}
+#: Display names of the baselines (kept with the pure config, for the CLI's help).
+LABELS = BASELINE_LABELS
 
 _BN = nn.modules.batchnorm._BatchNorm
 

@@ -22,19 +22,20 @@ import ipaddress
 import socket
 import warnings
 from socketserver import ThreadingMixIn
-from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna
 import optuna_dashboard
 import plotly.graph_objects as go
 
-from biotune_optuna.genome import decode
-from biotune_optuna.plots import search_figures
-from biotune_optuna.sampler import SLOT_ATTR
+from biotune_optuna.config import ConfigError, StudyConfig
+from biotune_optuna.report.plots import search_figures
+from biotune_optuna.search import decode, value_of
+from biotune_optuna.study import _optuna, attrs
+from biotune_optuna.study.attrs import SlotRecord
+from biotune_optuna.study.storage import open_storage
+from biotune_optuna.study.studies import search_state
 
-if TYPE_CHECKING:  # importing biotune_optuna.study pulls in torch
-    from biotune_optuna.study import StudyConfig
 
 #: The objective's name in the dashboard.
 OBJECTIVE_NAME = "validation macro accuracy"
@@ -46,7 +47,7 @@ GRAPH_IDS = {
     "accuracy_vs_params": "biotune-accuracy-vs-params",
 }
 #: Study system attribute: the number of closed generations the published pages show.
-PUBLISHED_ATTR = "biotune:dashboard_generations"
+PUBLISHED_ATTR = attrs.DASHBOARD_GENERATIONS
 #: First line of the summary that :func:`publish` writes into the study note.
 SUMMARY_HEADING = "## BioTune search"
 #: Last line of that summary: note text a user writes below it survives republishing.
@@ -56,15 +57,15 @@ SUMMARY_END = "*biotune-optuna rewrites the text above this line after each gene
 def _best_trial_numbers(study: optuna.Study) -> dict[tuple[int, int], int]:
     out = {}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        rec = t.system_attrs.get(SLOT_ATTR) or {}
-        if rec.get("state") == "claimed":
-            out.setdefault((rec["generation"], rec["slot"]), t.number)
+        rec = SlotRecord.from_attr(t.system_attrs.get(attrs.SLOT))
+        if rec is not None and rec.claimed:
+            out.setdefault(rec.key, t.number)
     return out
 
 
 def summary_markdown(study: optuna.Study, config: StudyConfig, state=None) -> str:  # noqa: ANN001
     """The Markdown summary of a search: model, dataset, P/E/G, generation reached, best plan."""
-    state = state if state is not None else config.sampler().search_state(study)
+    state = state if state is not None else search_state(study, config)
     ds = config.dataset
     finished = "search finished" if state.finished else f"generation {state.generation} running"
     closed = len(state.populations)
@@ -87,7 +88,7 @@ def summary_markdown(study: optuna.Study, config: StudyConfig, state=None) -> st
         plan = decode(best.genome, config.blocks, config.recipe.base_lr)
         number = _best_trial_numbers(study).get(best.origin)
         where = f"generation {best.origin[0]}, slot {best.origin[1]}" + (f", trial {number}" if number is not None else "")
-        acc = 1.0 - best.fitness if study.direction == optuna.study.StudyDirection.MAXIMIZE else best.fitness
+        acc = value_of(best.fitness, study.direction == optuna.study.StudyDirection.MAXIMIZE)
         trains = ", ".join(
             f"{b} (lr {lr:.3g} = {lr / config.recipe.base_lr:.3g} × base)" for b, lr in plan.lr_by_block.items()
         ) or "nothing"
@@ -145,9 +146,9 @@ def publish(study: optuna.Study, config: StudyConfig, *, force: bool = False) ->
     Returns:
         True if the pages were written.
     """
-    state = config.sampler().search_state(study)
+    state = search_state(study, config)
     closed = len(state.populations)
-    storage, study_id = study._storage, study._study_id
+    storage, study_id = _optuna.storage_of(study), _optuna.study_id(study)
     shown = storage.get_study_system_attrs(study_id).get(PUBLISHED_ATTR)
     if not force and shown is not None and shown >= closed:
         return False
@@ -206,8 +207,6 @@ def serve(
             address that cannot be bound (port in use).
     """
     from pathlib import Path
-
-    from biotune_optuna.study import ConfigError, open_storage
 
     if not allow_remote and not is_loopback(host):
         raise ConfigError(

@@ -41,8 +41,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from biotune_optuna.backbones import Backbone
-from biotune_optuna.data import ImageSet, to_input
+from biotune_optuna.finetune.backbones import Backbone
+from biotune_optuna.finetune.data import ImageSet, to_input
 
 _logger = logging.getLogger(__name__)
 

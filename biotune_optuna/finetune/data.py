@@ -55,12 +55,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from biotune_optuna.config import DATASETS, DataError, DatasetSpec
 
-class DataError(ValueError):
-    """Bad dataset input; the message is one line that names the path, file or class at fault."""
-
-
-DATASETS = ("mnist", "fashion-mnist", "digits", "folder")
 
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -94,79 +90,6 @@ _logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 # Public types
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What to load and how to cut it. Validated on construction.
-
-    Attributes:
-        name: one of :data:`DATASETS`.
-        path: the image folder (required for ``"folder"``); for ``"mnist"`` /
-            ``"fashion-mnist"`` an optional folder holding the four idx files instead of the
-            packaged ones; not allowed for ``"digits"``.
-        image_size: side of the square images after resizing the shorter side and
-            center-cropping; >= 8.
-        train_size: cap on training images (stratified seeded subsample); None = all.
-        val_size: validation images; when val is carved from the training split this is the
-            carved size, else a cap on the val split; None = the default (module doc).
-        test_size: cap on test images (stratified seeded subsample); None = all.
-        seed: seed of every split and subsample.
-
-    Raises:
-        DataError: unknown name, missing ``path`` for ``"folder"``, ``image_size`` < 8, a size
-            <= 0, a negative seed, or a non-integer size / seed.
-    """
-
-    name: str
-    path: str | None = None
-    image_size: int = 64
-    train_size: int | None = None
-    val_size: int | None = None
-    test_size: int | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.name not in DATASETS:
-            raise DataError(f"unknown dataset {self.name!r}; valid names: {', '.join(DATASETS)}")
-        if isinstance(self.path, os.PathLike):
-            object.__setattr__(self, "path", os.fspath(self.path))
-        if self.path is not None and not isinstance(self.path, str):
-            raise DataError(f"dataset path must be a string, got {type(self.path).__name__}")
-        if self.name == "folder" and not self.path:
-            raise DataError("dataset 'folder' needs a path (the image folder)")
-        if self.name == "digits" and self.path is not None:
-            raise DataError(f"dataset 'digits' takes no path (got {self.path!r})")
-        for field in ("image_size", "train_size", "val_size", "test_size", "seed"):
-            value = getattr(self, field)
-            if value is None and field not in ("image_size", "seed"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise DataError(f"{field} must be an integer, got {value!r}")
-            object.__setattr__(self, field, int(value))
-        if self.seed < 0:
-            raise DataError(f"seed must be >= 0, got {self.seed}")
-        if self.image_size < 8:
-            raise DataError(f"image_size must be >= 8, got {self.image_size}")
-        for field in ("train_size", "val_size", "test_size"):
-            value = getattr(self, field)
-            if value is not None and value <= 0:
-                raise DataError(f"{field} must be > 0 (or None for all), got {value}")
-
-    def to_dict(self) -> dict:
-        """JSON-safe dict of all fields (for an Optuna study's user attrs)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DatasetSpec:
-        """Inverse of :meth:`to_dict`. Raises DataError on unknown or missing fields."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DataError(f"unknown DatasetSpec field(s): {', '.join(unknown)}")
-        if "name" not in d:
-            raise DataError("DatasetSpec needs a 'name'")
-        return cls(**d)
 
 
 @dataclass

@@ -37,10 +37,12 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
+from biotune_optuna.config import ConfigError
+
 __all__ = ["Backbone", "BackboneError", "available_models", "load_backbone", "weights_fingerprint"]
 
 
-class BackboneError(ValueError):
+class BackboneError(ConfigError):
     """User-facing error: unknown model, missing or mismatched weights file. One-line message."""
 
 

@@ -17,14 +17,17 @@ from pathlib import Path
 
 import optuna
 
-from biotune_optuna.backbones import Backbone
-from biotune_optuna.data import Splits
-from biotune_optuna.genome import decode
-from biotune_optuna.features import FeatureCache
+from biotune_optuna.config import BASELINE_LABELS, SAMPLER_LABELS, ConfigError, StudyConfig
+from biotune_optuna.finetune.backbones import Backbone
+from biotune_optuna.finetune.baselines import make_baseline
+from biotune_optuna.finetune.data import Splits
+from biotune_optuna.finetune.features import FeatureCache
+from biotune_optuna.finetune.training import Method, evaluate, pick_device
 from biotune_optuna.objective import train_plan
-from biotune_optuna.sampler import slot_record
-from biotune_optuna.study import ConfigError, StudyConfig
-from biotune_optuna.training import Method, evaluate, pick_device
+from biotune_optuna.report.comparison import best_genome
+from biotune_optuna.search import decode
+from biotune_optuna.study.sampler import slot_record
+from biotune_optuna.study.studies import search_state
 
 @dataclass
 class MethodResult:
@@ -113,13 +116,13 @@ def search_summary(study: optuna.Study, config: StudyConfig) -> tuple[tuple[floa
     Raises:
         ConfigError: if the search has not closed its initial population yet.
     """
-    state = config.sampler().search_state(study)
+    state = search_state(study, config)
     if state.best is None:
         raise ConfigError(f"study {study.study_name!r} has no closed generation yet: run workers first")
     trials = [
         t
         for t in study.get_trials(deepcopy=False, states=EVALUATED)
-        if (slot_record(t) or {}).get("state") == "claimed"
+        if (rec := slot_record(t)) is not None and rec.claimed
     ]
     return state.best.genome, _wall_time(trials), len(trials)
 
@@ -150,22 +153,19 @@ def final_report(
 ) -> list[MethodResult]:
     """The final protocol (spec §8) for BioTune's best-ever genome, the best genome of each
     other sampler's study, and each baseline (default ``config.baselines``)."""
-    from biotune_optuna.baselines import LABELS, make_baseline
-    from biotune_optuna.comparison import SAMPLERS, best_genome
-
     genome, seconds, n_eval = search_summary(study, config)
     plan = decode(genome, config.blocks, config.recipe.base_lr)
     cache = FeatureCache()
     rows = [evaluate_method("BioTune", config, splits, plan.lr_by_block, device, on_seed, cache)]
     rows[0].search_seconds, rows[0].evaluations = seconds, n_eval
     for key, other in (sampler_studies or {}).items():
-        label = f"{SAMPLERS[key]} (same budget)"
+        label = f"{SAMPLER_LABELS[key]} (same budget)"
         rows.append(_search_row(label, other, config, best_genome(other, config), splits, device, on_seed, cache))
     base_lr = config.recipe.base_lr
     for key in config.baselines if baselines is None else baselines:
         rows.append(
             evaluate_method(
-                LABELS[key], config, splits, lambda bb, key=key: make_baseline(key, bb, base_lr), device, on_seed, cache
+                BASELINE_LABELS[key], config, splits, lambda bb, key=key: make_baseline(key, bb, base_lr), device, on_seed, cache
             )
         )
     return rows

@@ -12,11 +12,13 @@ from collections.abc import Callable, Sequence
 
 import optuna
 
-from biotune_optuna.genome import genome_from_params
-from biotune_optuna.study import StudyConfig, create_or_resume
+from biotune_optuna.config import SAMPLER_LABELS, StudyConfig
+from biotune_optuna.search.genome import genome_from_params
+from biotune_optuna.study import attrs
+from biotune_optuna.study.studies import create_or_resume
 
 #: Samplers on offer: key → display name.
-SAMPLERS = {"tpe": "TPE", "cmaes": "CMA-ES", "random": "Random search", "nsga2": "NSGA-II"}
+SAMPLERS = SAMPLER_LABELS
 
 
 def make_sampler(key: str, config: StudyConfig) -> optuna.samplers.BaseSampler:
@@ -57,7 +59,7 @@ def run_search(
         The sampler's study.
     """
     study, _ = create_or_resume(storage, study_name_for(name, key), config, sampler=make_sampler(key, config))
-    study.set_user_attr("sampler", key)
+    study.set_user_attr(attrs.SAMPLER, key)
     # A pruned trial is an evaluation too (stopped early by the study's pruner).
     complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)))
     if complete < config.n_evaluations:

@@ -28,16 +28,17 @@ import statistics
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 import plotly.graph_objects as go
 
-from biotune_optuna.genome import decode
-from biotune_optuna.sampler import SLOT_ATTR
+from biotune_optuna.config import StudyConfig
+from biotune_optuna.search import decode, value_of
+from biotune_optuna.study import attrs
+from biotune_optuna.study.attrs import SlotRecord
+from biotune_optuna.study.studies import search_state
 
-if TYPE_CHECKING:  # importing biotune_optuna.study pulls in torch
-    from biotune_optuna.study import StudyConfig
 
 #: Default PNG size (layout pixels, scale 1) of a figure without its own layout width/height.
 DEFAULT_WIDTH, DEFAULT_HEIGHT = 1000, 600
@@ -69,20 +70,25 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, **kwargs: Any) -> go.Fig
 def _biotune_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """COMPLETE trials that evaluated a BioTune slot, by trial number."""
     trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    out = [t for t in trials if (t.system_attrs.get(SLOT_ATTR) or {}).get("state") == "claimed"]
+    out = [t for t in trials if _slot(t) is not None]
     return sorted(out, key=lambda t: t.number)
+
+
+def _slot(t: optuna.trial.FrozenTrial) -> SlotRecord | None:
+    """The trial's claimed slot record, or None."""
+    rec = SlotRecord.from_attr(t.system_attrs.get(attrs.SLOT))
+    return rec if rec is not None and rec.claimed else None
 
 
 def _accuracy(study: optuna.Study):  # noqa: ANN202
     """Fitness Φ → objective value (Φ = 1 − accuracy in a maximised study); one storage read."""
-    if study.direction == optuna.study.StudyDirection.MAXIMIZE:
-        return lambda fitness: 1.0 - fitness
-    return lambda fitness: fitness
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return lambda fitness: value_of(fitness, maximize)
 
 
 def fitness_figure(study: optuna.Study, config: StudyConfig, state=None) -> go.Figure:  # noqa: ANN001
     """Best and mean validation accuracy of every closed generation, and the best ever."""
-    state = state if state is not None else config.sampler().search_state(study)
+    state = state if state is not None else search_state(study, config)
     acc = _accuracy(study)
     gens = [p.generation for p in state.populations]
     best = [acc(p.members[0].fitness) for p in state.populations]
@@ -100,7 +106,7 @@ def fitness_figure(study: optuna.Study, config: StudyConfig, state=None) -> go.F
 
 def diversity_figure(study: optuna.Study, config: StudyConfig, state=None) -> go.Figure:  # noqa: ANN001
     """Standard deviation of all genes of each closed population."""
-    state = state if state is not None else config.sampler().search_state(study)
+    state = state if state is not None else search_state(study, config)
     fig = go.Figure()
     fig.add_scatter(
         x=[p.generation for p in state.populations], y=[p.diversity for p in state.populations],
@@ -118,7 +124,7 @@ def learning_rates_figure(study: optuna.Study, config: StudyConfig, state=None) 
     Rows are the first ``max(1, n_elites)`` members of each closed generation, best first,
     labelled ``"gen 3 · elite 1"``.
     """
-    state = state if state is not None else config.sampler().search_state(study)
+    state = state if state is not None else search_state(study, config)
     base, to_accuracy = config.recipe.base_lr, _accuracy(study)
     rows, z, hover = [], [], []
     for p in state.populations:
@@ -155,14 +161,14 @@ def accuracy_vs_params_figure(study: optuna.Study, config: StudyConfig, generati
     """
     trials = [
         t for t in _biotune_trials(study)
-        if t.user_attrs.get("trainable_fraction") is not None
-        and (generations is None or t.system_attrs[SLOT_ATTR]["generation"] < generations)
+        if t.user_attrs.get(attrs.TRAINABLE_FRACTION) is not None
+        and (generations is None or _slot(t).generation < generations)
     ]
-    x = [100.0 * float(t.user_attrs["trainable_fraction"]) for t in trials]
+    x = [100.0 * float(t.user_attrs[attrs.TRAINABLE_FRACTION]) for t in trials]
     y = [t.value for t in trials]
-    gens = [int(t.system_attrs[SLOT_ATTR]["generation"]) for t in trials]
+    gens = [int(_slot(t).generation) for t in trials]
     hover = [
-        f"trial {t.number}<br>generation {g} · {t.system_attrs[SLOT_ATTR].get('role', '?')}"
+        f"trial {t.number}<br>generation {g} · {_slot(t).role or '?'}"
         f"<br>trains: {', '.join(t.user_attrs.get('trainable_blocks') or []) or 'nothing'}"
         f"<br>params {px:.2f} % · val acc {v:.4f}"
         for t, g, px, v in zip(trials, gens, x, y)
@@ -200,7 +206,7 @@ def search_figures(study: optuna.Study, config: StudyConfig, *, closed_only: boo
         >>> figures = search_figures(study, load_config(study))  # doctest: +SKIP
         >>> write_figures(figures, Path("report"))                # doctest: +SKIP
     """
-    state = config.sampler().search_state(study)
+    state = search_state(study, config)
     return {
         "fitness": fitness_figure(study, config, state),
         "diversity": diversity_figure(study, config, state),

@@ -1,0 +1,92 @@
+"""Turning options into a study config: the dataset and the model are loaded here (torch).
+
+Cheap checks (sizes, names, seeds, the device) come before the dataset and model load.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from biotune_optuna.cli.common import console, parse_list, positive
+from biotune_optuna.config import BASELINE_LABELS, MAX_LISTED_FILES, ConfigError, DatasetSpec, Recipe, StudyConfig
+from biotune_optuna.finetune.backbones import load_backbone, weights_fingerprint
+from biotune_optuna.finetune.data import Splits, dataset_cache_dir, load_dataset, stratified_folds
+from biotune_optuna.finetune.training import pick_device
+from biotune_optuna.worker import check_fingerprints
+
+
+def dataset_cache(s: dict):  # noqa: ANN201 - a Path or None
+    """The folder given to load_dataset(cache_dir=) for settings/args ``s``; None with --no-cache."""
+    return None if s.get("no_cache") else dataset_cache_dir(s.get("cache_dir"))
+
+
+def check_device(device: str) -> None:
+    """Refuse a device that cannot work before any trial is made (a bad device is not the genome's fault)."""
+    try:
+        pick_device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"--device {device!r}: {str(e).splitlines()[0]}") from None
+
+
+def recipe(s: dict) -> Recipe:
+    """The training recipe of the merged settings ``s`` (see :func:`~biotune_optuna.cli.common.settings`)."""
+    return Recipe(
+        max_epochs=s["max_epochs"], patience=s["patience"], batch_size=s["batch_size"], base_lr=s["lr"],
+        frozen_bn=s["frozen_bn"], amp=not s.get("no_amp"), channels_last=not s.get("no_channels_last"),
+    )
+
+
+def config_from_args(s: dict) -> tuple[StudyConfig, Splits]:
+    """The study config (and the loaded splits) of merged settings ``s``.
+
+    Raises:
+        ConfigError: on any bad option, before the dataset loads where it can be told without it.
+    """
+    for name in ("image_size", "train_size", "val_size", "test_size", "population", "generations", "folds", "max_epochs", "patience", "batch_size", "workers"):
+        positive(name.replace("_", "-"), s.get(name), 0 if name == "generations" else 1)
+    positive("elites", s.get("elites"), 0)
+    try:
+        seeds = tuple(int(x) for x in str(s["seeds"]).split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers, got {s['seeds']!r}") from None
+    baselines = parse_list(s["baselines"], list(BASELINE_LABELS), "baseline")
+    if s["elites"] >= s["population"]:
+        raise ConfigError(f"--elites must be smaller than --population, got elites={s['elites']}, population={s['population']}")
+    training = recipe(s)
+    if s["dataset"] == "folder" and not s.get("data_path"):
+        raise ConfigError("--dataset folder needs --data-path DIR")
+    spec = DatasetSpec(s["dataset"], s.get("data_path"), s["image_size"], s.get("train_size"), s.get("val_size"), s.get("test_size"))
+    check_device(s.get("device", "auto"))
+    with console.status(f"loading dataset {spec.name}…"):
+        splits = load_dataset(spec, dataset_cache(s))
+    for part, images in (("training", splits.train), ("validation", splits.val)):
+        try:
+            stratified_folds(images.labels.tolist(), s["folds"])
+        except ValueError as e:
+            raise ConfigError(f"--folds {s['folds']} does not fit the {part} split: {e}") from None
+    with console.status(f"loading {s['model']}…"):
+        backbone = load_backbone(s["model"], len(splits.classes), weights_file=s.get("weights_file"))
+        sha = weights_fingerprint(s["model"], s.get("weights_file"))
+    config = StudyConfig(
+        model=s["model"], dataset=spec, blocks=tuple(backbone.blocks), classes=tuple(splits.classes),
+        dataset_fingerprint=splits.fingerprint,
+        dataset_files=splits.files if len(splits.files) <= MAX_LISTED_FILES else {}, weights_file=s.get("weights_file"), weights_sha256=sha,
+        recipe=training, seeds=seeds, n_folds=s["folds"], population_size=s["population"], n_elites=s["elites"],
+        n_generations=s["generations"], sampler_seed=s["sampler_seed"], mode=s["mode"], baselines=baselines,
+        pruner=s["pruner"],
+    )
+    console.print(
+        f"[bold]{config.model}[/] ({len(config.blocks)} blocks, weights {backbone.weights}) on [bold]{spec.name}[/]: "
+        f"{len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images at {spec.image_size} px, "
+        f"{len(splits.classes)} classes"
+    )
+    return config, splits
+
+
+def load_checked(config: StudyConfig, args: argparse.Namespace) -> Splits:
+    """The study's dataset, refused (naming the files that differ) if it is not the study's."""
+    with console.status(f"loading dataset {config.dataset.name}…"):
+        splits = load_dataset(config.dataset, dataset_cache(vars(args)))
+    if splits.fingerprint != config.dataset_fingerprint:
+        check_fingerprints(config, splits)  # raises, naming the files that differ
+    return splits

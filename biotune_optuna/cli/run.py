@@ -1,0 +1,101 @@
+"""``biotune-optuna run``: the whole job on one machine — create or resume the study, search
+with local worker threads, then the final report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import optuna
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from biotune_optuna.cli.common import console, feature_cache_bytes, settings
+from biotune_optuna.cli.loading import config_from_args
+from biotune_optuna.cli.report import write_full_report
+from biotune_optuna.config import ConfigError, StudyConfig
+from biotune_optuna.finetune.data import Splits
+from biotune_optuna.objective import Objective
+from biotune_optuna.search import accuracy_of, decode
+from biotune_optuna.study import attrs
+from biotune_optuna.study.sampler import slot_record
+from biotune_optuna.study.storage import default_storage, open_storage, redact
+from biotune_optuna.study.studies import create_or_resume, fail_orphaned_trials, make_pruner, make_sampler, search_state
+from biotune_optuna.worker import describe_pruned, publish_quietly
+
+
+def _trial_line(trial: optuna.trial.FrozenTrial, config: StudyConfig) -> str | None:
+    """The progress line of a finished trial (None for a failed one)."""
+    rec, user = slot_record(trial), trial.user_attrs
+    where = rec.describe() if rec is not None else "not a slot"
+    head = f"trial {trial.number:>3} · {where} · {len(user.get(attrs.TRAINABLE_BLOCKS, []))}/{len(config.blocks)} blocks · "
+    if trial.state == optuna.trial.TrialState.COMPLETE:
+        return f"{head}val {trial.value:.4f}"
+    if trial.state == optuna.trial.TrialState.PRUNED and attrs.PRUNED_VALUE in user:
+        return f"{head}[yellow]{describe_pruned(user)}[/]"
+    return None
+
+
+def search(study: optuna.Study, config: StudyConfig, splits: Splits, device: str, workers: int, cache_bytes: int) -> None:
+    """Run the search with ``workers`` local threads and a progress bar; stop after 3 failures in a row.
+
+    Raises:
+        ConfigError: when the search stopped on failures (the study resumes on the next run).
+    """
+    sampler = make_sampler(config)
+    study.sampler = sampler
+    study.pruner = make_pruner(config)
+    if sampler.search_state(study).finished:
+        console.print("the search is already finished")
+        return
+    failures: list[int] = []
+    columns = (TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("", total=config.n_evaluations, completed=sampler.search_state(study).resolved)
+
+        def on_epoch(number: int, seed_index: int, epoch: int, acc: float) -> None:
+            progress.update(task, description=f"trial {number} · seed {seed_index + 1}/{len(config.seeds)} · epoch {epoch} · val {acc:.4f}")
+
+        published = [len(sampler.search_state(study).populations)]
+
+        def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            state = sampler.search_state(study)
+            progress.update(task, completed=state.resolved)
+            if len(state.populations) > published[0]:  # a generation closed: refresh the dashboard pages
+                published[0] = len(state.populations)
+                publish_quietly(study, config)
+            line = _trial_line(trial, config)
+            if line is not None:
+                failures.clear()
+                progress.console.print(line)
+            elif trial.state == optuna.trial.TrialState.FAIL:
+                failures.append(trial.number)
+                if len(failures) >= 3:
+                    progress.console.print("[red]3 trials failed in a row: stopping the search (see the errors above)")
+                    study.stop()
+
+        objective = Objective(config, splits, device, on_epoch, feature_cache_bytes=cache_bytes)
+        study.optimize(objective, n_jobs=workers, callbacks=[on_trial], catch=(Exception,))
+    if failures:
+        raise ConfigError(f"the search stopped after trials {failures} failed; fix the cause and run the same command to resume")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``run``: create or resume, search, report."""
+    s = settings(args)
+    cache_bytes = feature_cache_bytes(s["feature_cache_mb"])  # checked before anything is stored
+    config, splits = config_from_args(s)
+    name = s.get("study_name") or f"biotune-{config.dataset.name}-{config.model}"
+    out = Path(s.get("out") or Path("biotune-runs") / name)
+    url = s.get("storage") or default_storage(out)
+    storage = open_storage(url, create_tables=True)
+    study, resumed = create_or_resume(storage, name, config)
+    console.print(f"study [bold]{name}[/] in {redact(url)} ({'resumed' if resumed else 'created'}); {config.n_evaluations} evaluations × {len(config.seeds)} seed(s)")
+    if resumed and not s.get("storage"):
+        fail_orphaned_trials(study)
+    search(study, config, splits, s["device"], s["workers"], cache_bytes)
+    best_member = search_state(study, config).best
+    best = decode(best_member.genome, config.blocks, config.recipe.base_lr)
+    console.print(f"best genome: val {accuracy_of(best_member.fitness):.4f}; fine-tunes {', '.join(f'{b} (lr {lr:.2g})' for b, lr in best.lr_by_block.items())}")
+    if not args.no_report:
+        write_full_report(study, config, splits, s["device"], out)
+    return 0

@@ -1,0 +1,129 @@
+"""Names of every study and trial attribute biotune-optuna writes, and the typed slot record.
+
+Stored names never change (an interrupted study resumes from the database alone): this module
+only gives them one home. System attributes are bookkeeping; user attributes are also shown to
+people in optuna-dashboard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+# ---------------------------------------------------------------- study attributes
+#: Study user attribute: the whole :class:`biotune_optuna.config.StudyConfig` as a dict.
+CONFIG = "biotune_config"
+#: Study user attribute of a comparison study: the Optuna sampler it ran (``tpe``, ``random``…).
+SAMPLER = "sampler"
+#: Study system attribute: generations already published as dashboard pages.
+DASHBOARD_GENERATIONS = "biotune:dashboard_generations"
+
+# ---------------------------------------------------------------- trial system attributes
+#: The slot record (:class:`SlotRecord`) of a trial: ONE attribute, written by the sampler.
+SLOT = "biotune:slot"
+#: Set on a FAIL trial whose evaluation raised (told by its worker), as opposed to one that was
+#: interrupted (user attribute :data:`INTERRUPTED`) or reaped after its worker died.
+FAILED = "biotune:failed"
+
+# ---------------------------------------------------------------- trial user attributes
+#: A readable copy of the claim (generation, slot, role, fold) for people.
+SLOT_COPY = "slot"
+#: The value (in the study's direction) a PRUNED trial stands for in the search.
+PRUNED_VALUE = "pruned_value"
+#: Where a pruned trial stopped: ``{"seed": i, "epoch": e}``.
+PRUNED_AT = "pruned_at"
+#: The trial's worker was stopped (SIGTERM/SIGINT): not the genome's fault.
+INTERRUPTED = "interrupted"
+#: ``host:pid`` of the worker that evaluated the trial.
+WORKER = "worker"
+#: The data fold the trial was evaluated on (spec §5.1).
+FOLD = "fold"
+#: Decoded plan: names of the fine-tuned blocks, and their learning rates.
+TRAINABLE_BLOCKS = "trainable_blocks"
+LR_BY_BLOCK = "lr_by_block"
+#: Fraction of parameters fine-tuned, in [0, 1].
+TRAINABLE_FRACTION = "trainable_fraction"
+#: Best validation macro accuracy of each seed, and the epoch it was reached.
+SEED_ACCURACIES = "seed_accuracies"
+BEST_EPOCHS = "best_epochs"
+#: True when the frozen prefix ran once, from the feature cache.
+CACHED_PREFIX = "cached_prefix"
+#: Why a genome trained nothing (every gene ≤ threshold).
+SKIPPED = "skipped"
+#: The exception of a failed evaluation, first 500 characters.
+ERROR = "error"
+
+
+@dataclass(frozen=True)
+class SlotRecord:
+    """A trial's place in the search, as stored in the system attribute :data:`SLOT`.
+
+    Attributes:
+        state: ``"claimed"`` (holds a slot), ``"waiting"`` (no slot free yet; ``at`` is when it
+            last said so, Unix seconds) or ``"finished"`` (the search had ended: no slot).
+        generation, slot: the slot held (claimed only).
+        role: ``init``, ``hill+``, ``hill-``, ``child`` or ``random``.
+        parents: (generation, slot) origins of the members the proposal came from.
+        genome: the B + 1 genes to evaluate.
+        fold: the data fold of the slot's generation.
+        at: Unix time of a waiting record.
+    """
+
+    state: str
+    generation: int | None = None
+    slot: int | None = None
+    role: str | None = None
+    parents: tuple[tuple[int, int], ...] = ()
+    genome: tuple[float, ...] = ()
+    fold: int | None = None
+    at: float | None = None
+
+    @property
+    def claimed(self) -> bool:
+        """True when the record holds a slot."""
+        return self.state == "claimed"
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """(generation, slot) of a claimed record."""
+        return (int(self.generation), int(self.slot))  # type: ignore[arg-type]
+
+    @classmethod
+    def from_attr(cls, value: Mapping | None) -> SlotRecord | None:
+        """The record of a stored attribute value (None when there is none)."""
+        if not value:
+            return None
+        return cls(
+            state=value["state"],
+            generation=value.get("generation"),
+            slot=value.get("slot"),
+            role=value.get("role"),
+            parents=tuple(tuple(p) for p in value.get("parents", ())),
+            genome=tuple(value.get("genome", ())),
+            fold=value.get("fold"),
+            at=value.get("at"),
+        )
+
+    def to_attr(self) -> dict:
+        """The JSON value stored in :data:`SLOT` (only the fields its state uses)."""
+        if self.state == "finished":
+            return {"state": "finished"}
+        if self.state == "waiting":
+            return {"state": "waiting", "at": self.at}
+        return {
+            "state": "claimed",
+            "generation": self.generation,
+            "slot": self.slot,
+            "role": self.role,
+            "parents": [list(p) for p in self.parents],
+            "genome": list(self.genome),
+            "fold": self.fold,
+        }
+
+    def readable(self) -> dict:
+        """The copy stored in the user attribute :data:`SLOT_COPY` for people."""
+        return {"generation": self.generation, "slot": self.slot, "role": self.role, "fold": self.fold}
+
+    def describe(self) -> str:
+        """``gen G slot S (role) · fold F`` for log lines."""
+        return f"gen {self.generation} slot {self.slot} ({self.role}) · fold {self.fold}"
