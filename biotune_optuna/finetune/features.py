@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from biotune_optuna.config import check_int
 from biotune_optuna.finetune.backbones import Backbone
 from biotune_optuna.finetune.data import ImageSet, to_input
 
@@ -306,8 +307,7 @@ class FeatureCache:
     """
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        if max_bytes < 0:
-            raise ValueError(f"feature cache size must be ≥ 0 bytes, got {max_bytes}")
+        check_int("feature cache size in bytes", max_bytes, 0)
         self.max_bytes = int(max_bytes)
         self._entries: OrderedDict[Hashable, Features] = OrderedDict()
         self._refused: set[Hashable] = set()

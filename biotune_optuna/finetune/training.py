@@ -8,7 +8,7 @@ kept in memory. Departures from the reference, on purpose (DESIGN.md): per-block
 rates really reach the optimizer; frozen blocks run in eval mode (BatchNorm running
 statistics do not drift, dropout and stochastic depth are off, so a frozen block is a fixed
 function) unless ``frozen_bn="train"`` asks for the reference behaviour. A frozen prefix can then
-be computed once and cached (:mod:`biotune_optuna.features`).
+be computed once and cached (:mod:`biotune_optuna.finetune.features`).
 
 Uses CUDA when present (bf16 autocast there) and the CPU otherwise; channels_last memory format
 on both by default. Imports no Optuna: progress goes out through the ``on_epoch`` callback.
@@ -21,7 +21,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -139,8 +139,9 @@ def _is_channels_last(model: nn.Module) -> bool:
     return weight is not None and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
 
 
-def _logits(output: torch.Tensor | tuple) -> torch.Tensor:
-    # Inception-v3 returns (logits, aux_logits) in train mode: only the main logits count (spec §2.2).
+def main_logits(output: torch.Tensor | tuple) -> torch.Tensor:
+    """The classifier's logits (N, classes) of a model's output: Inception-v3 returns
+    ``(logits, aux_logits)`` in train mode, and only the main logits count (spec §2.2)."""
     if isinstance(output, torch.Tensor):
         return output
     return output[0]
@@ -175,7 +176,7 @@ def predict(
             else:
                 x = model_input(images.images[start : start + batch_size], backbone, device, channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                out.append(_logits(model(x)).argmax(1).cpu())
+                out.append(main_logits(model(x)).argmax(1).cpu())
     return torch.cat(out)
 
 
@@ -202,6 +203,10 @@ class Method:
 
     #: Display name.
     name = "method"
+    #: True when the method only freezes whole blocks and trains the others as they are, so the
+    #: frozen first blocks are a fixed function of the input and may be computed once
+    #: (:mod:`biotune_optuna.finetune.features`). Methods that add modules or penalties: False.
+    frozen_prefix_cacheable = False
 
     def param_groups(self, backbone: Backbone, base_lr: float) -> list[dict]:
         """Set ``requires_grad`` (and add modules, e.g. adapters); return Adam param groups
@@ -211,6 +216,11 @@ class Method:
     def trained_blocks(self, backbone: Backbone) -> set[str]:
         """Blocks whose BatchNorm layers run in train mode (the others stay in eval mode)."""
         return set()
+
+    def added_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """Parameters the method added to the model (adapters): trained, but not part of the
+        original model, so the trainable share is reported relative to the original."""
+        return []
 
     def penalty(self, model: nn.Module) -> torch.Tensor | None:
         """An extra loss term added at every step (e.g. L2-SP), or None."""
@@ -232,6 +242,8 @@ class BlockLR(Method):
         lr_by_block: learning rate of each fine-tuned block.
         name: display name.
     """
+
+    frozen_prefix_cacheable = True
 
     def __init__(self, lr_by_block: Mapping[str, float], name: str = "block learning rates") -> None:
         self.lr_by_block = dict(lr_by_block)
@@ -287,83 +299,126 @@ def fine_tune(
     """
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"empty split: {len(train)} training and {len(val)} validation images")
-    if not isinstance(method, Method):
-        method = BlockLR(method)
+    method = method if isinstance(method, Method) else BlockLR(method)
     dev = pick_device(device) if isinstance(device, str) else device
     start = time.perf_counter()
     groups = method.param_groups(backbone, recipe.base_lr)  # may add adapter modules: before .to()
+    added = {id(p) for p in method.added_parameters(backbone.model)}
+    total = sum(p.numel() for p in backbone.model.parameters() if id(p) not in added)
     model = backbone.model.to(dev)
-    use_amp = recipe.amp and dev.type == "cuda"
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    total = sum(p.numel() for p in model.parameters() if not getattr(p, "_biotune_adapter", False))
-    trainable = sum(p.numel() for g in groups for p in g["params"])
     if not groups:
         acc = evaluate(model, val, backbone, dev, recipe.eval_batch_size, recipe.amp)
         return TrainResult(acc, 0, [], time.perf_counter() - start, 0, total, model)
-
-    # fused: one kernel for all parameters (about 4× faster steps on CPU than the per-tensor
-    # default, same values); torch has it for CPU and CUDA tensors.
-    optimizer = torch.optim.Adam(groups, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, fused=dev.type in ("cpu", "cuda"))
-    loss_fn = nn.CrossEntropyLoss()
-    shuffle = torch.Generator().manual_seed(seed)
+    trainable = sum(p.numel() for g in groups for p in g["params"])
     trained = method.trained_blocks(backbone)
+    use_amp = recipe.amp and dev.type == "cuda"
     features = None
-    if feature_cache is not None and data_key is not None and type(method) is BlockLR and recipe.frozen_bn == "eval":
+    if feature_cache is not None and data_key is not None and method.frozen_prefix_cacheable and recipe.frozen_bn == "eval":
         features = prefix_features(
             feature_cache, data_key, backbone, trained, train, val, dev,
             recipe.eval_batch_size, recipe.channels_last, use_amp,
         )
-    current = Batch()
+    loop = _Loop(model, backbone, method, groups, train, recipe, dev, features, seed)
+    best = _BestEpoch()
+    for epoch in range(1, recipe.max_epochs + 1):
+        set_train_mode(model, backbone, trained, recipe.frozen_bn)
+        loss = loop.train_epoch(epoch)
+        acc = evaluate(model, val, backbone, dev, recipe.eval_batch_size, recipe.amp, features)
+        best.update(epoch, acc, model)
+        if on_epoch is not None:
+            on_epoch(epoch, acc, loss)
+        if best.stale >= recipe.patience:
+            break
+    best.restore(model)
+    model.eval()
+    return TrainResult(
+        best.accuracy, best.epoch, best.history, time.perf_counter() - start, trainable, total, model, features is not None
+    )
 
-    def batches(order: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.arange(len(train)) if order is None else order
+
+class _BestEpoch:
+    """Early-stopping bookkeeping: the best validation accuracy (strict improvement), its epoch
+    and a copy of its weights (spec §4)."""
+
+    def __init__(self) -> None:
+        self.accuracy, self.epoch, self.stale = -1.0, 0, 0
+        self.history: list[float] = []
+        self._state: dict[str, torch.Tensor] | None = None
+
+    def update(self, epoch: int, accuracy: float, model: nn.Module) -> None:
+        self.history.append(accuracy)
+        if accuracy > self.accuracy:
+            self.accuracy, self.epoch, self.stale = accuracy, epoch, 0
+            self._state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.stale += 1
+
+    def restore(self, model: nn.Module) -> None:
+        """Load the best epoch's weights, unless the model already holds them (last epoch best)."""
+        if self.epoch != len(self.history) and self._state is not None:
+            model.load_state_dict(self._state)
+
+
+class _Loop:
+    """One fine-tuning run's optimizer, batches and epoch step."""
+
+    def __init__(
+        self, model: nn.Module, backbone: Backbone, method: Method, groups: list[dict], train: ImageSet,
+        recipe: Recipe, device: torch.device, features: Features | None, seed: int,
+    ) -> None:
+        self.model, self.backbone, self.method, self.train = model, backbone, method, train
+        self.recipe, self.device, self.features = recipe, device, features
+        self.use_amp = recipe.amp and device.type == "cuda"
+        # fused: one kernel for all parameters (about 4× faster steps on CPU than the per-tensor
+        # default, same values); torch has it for CPU and CUDA tensors.
+        self.optimizer = torch.optim.Adam(
+            groups, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, fused=device.type in ("cpu", "cuda")
+        )
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.shuffle = torch.Generator().manual_seed(seed)
+        self.current = Batch()
+
+    def batches(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(input, labels) on the device, in ``order``; from cached features when there are any."""
+        recipe, features = self.recipe, self.features
         for i in range(0, len(order), recipe.batch_size):
             idx = order[i : i + recipe.batch_size]
             if features is not None:  # read by the replay hook when the model runs on x
-                current.rows = rows(features.train, idx.to(features.train.device), recipe.channels_last)
+                self.current.rows = rows(features.train, idx.to(features.train.device), recipe.channels_last)
                 x = features.placeholder
             else:
-                x = model_input(train.images[idx], backbone, dev, recipe.channels_last)
-            yield x, train.labels[idx].to(dev, non_blocking=True)
+                x = model_input(self.train.images[idx], self.backbone, self.device, recipe.channels_last)
+            yield x, self.train.labels[idx].to(self.device, non_blocking=True)
 
-    best_acc, best_epoch, best_state, history, stale = -1.0, 0, None, [], 0
-    for epoch in range(1, recipe.max_epochs + 1):
-        set_train_mode(model, backbone, trained, recipe.frozen_bn)
+    def _shuffled(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.batches(torch.randperm(len(self.train), generator=self.shuffle))
+
+    def train_epoch(self, epoch: int) -> float:
+        """One epoch (1-based): the method's epoch hook, the cosine learning rate, every batch.
+        Returns the mean training loss."""
         # A fresh shuffle each epoch, like the official AutoRGN loader (only methods that draw move the stream).
-        replaced = method.on_epoch_start(model, optimizer, lambda: batches(torch.randperm(len(train), generator=shuffle)))
+        replaced = self.method.on_epoch_start(self.model, self.optimizer, self._shuffled)
         if replaced is not None:
-            optimizer = replaced
+            self.optimizer = replaced
         if replaced is not None or epoch == 1:
-            for group in optimizer.param_groups:
+            for group in self.optimizer.param_groups:
                 group.setdefault("initial_lr", group["lr"])
-        factor = cosine_factor(epoch - 1, recipe.cosine_t_max)
-        for group in optimizer.param_groups:
+        factor = cosine_factor(epoch - 1, self.recipe.cosine_t_max)
+        for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
         losses = []
-        with replay(model, features, current) if features is not None else contextlib.nullcontext():
-            for x, y in batches(torch.randperm(len(train), generator=shuffle)):
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                    loss = loss_fn(_logits(model(x)).float(), y)
-                extra = method.penalty(model)
+        replaying = replay(self.model, self.features, self.current) if self.features is not None else contextlib.nullcontext()
+        with replaying:
+            for x, y in self._shuffled():
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+                    loss = self.loss_fn(main_logits(self.model(x)).float(), y)
+                extra = self.method.penalty(self.model)
                 if extra is not None:
                     loss = loss + extra
-                optimizer.zero_grad(set_to_none=True)
+                self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                optimizer.step()
+                self.optimizer.step()
                 losses.append(loss.detach())
-        acc = evaluate(model, val, backbone, dev, recipe.eval_batch_size, recipe.amp, features)
-        history.append(acc)
-        if acc > best_acc:
-            best_acc, best_epoch, stale = acc, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            stale += 1
-        if on_epoch is not None:
-            on_epoch(epoch, acc, float(torch.stack(losses).mean()))
-        if stale >= recipe.patience:
-            break
-    if best_epoch != len(history):  # the weights in the model are not the best epoch's
-        model.load_state_dict(best_state)
-    model.eval()
-    return TrainResult(best_acc, best_epoch, history, time.perf_counter() - start, trainable, total, model, features is not None)
+        return float(torch.stack(losses).mean())

@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from biotune_optuna.config import check_learning_rate
+
 GENE_PREFIX = "gene_"
 THRESHOLD_PARAM = "threshold"
 
@@ -117,8 +119,7 @@ def decode(genome: Sequence[float], blocks: Sequence[str], base_lr: float = 1e-3
         {'body': 0.00630957344480193}
     """
     genes = check_genome(genome, len(blocks))
-    if not base_lr > 0:
-        raise ValueError(f"base_lr must be > 0, got {base_lr}")
+    check_learning_rate(base_lr, "base_lr")
     chosen = set(selected_blocks(genes))
     trainable = tuple(b in chosen for b in range(len(blocks)))
     lrs = tuple(base_lr * lr_factor(g) if t else 0.0 for g, t in zip(genes, trainable))
