@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     url = s.get("storage") or default_storage(out)
     storage = open_storage(url, create_tables=True)
     study, resumed = create_or_resume(storage, name, config)
-    console.print(f"study [bold]{name}[/] in {redact(url)} ({'resumed' if resumed else 'created'}); {config.n_evaluations} evaluations × {len(config.seeds)} seed(s)")
+    console.print(f"study [bold]{name}[/] in {redact(url)} ({'resumed' if resumed else 'created'}); at most {config.n_evaluations} evaluations × {len(config.seeds)} seed(s)")
     if resumed and not s.get("storage"):
         fail_orphaned_trials(study)
     search(study, config, splits, s["device"], s["workers"], cache_bytes)
