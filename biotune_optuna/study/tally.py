@@ -23,6 +23,21 @@ _logger = logging.getLogger(__name__)
 Key = tuple[int, int]
 
 
+def stand_in_value(t: FrozenTrial) -> float | None:
+    """The objective value a finished evaluation stands for, in the study's direction.
+
+    A COMPLETE trial: its value. A PRUNED one: its user attribute :data:`~attrs.PRUNED_VALUE`
+    (what BioTune's objective sets), else Optuna's value of a pruned trial (its last
+    intermediate value), else None (nothing known). Any other state: None. BioTune's search and
+    every other sampler's best (``report.comparison.best_genome``) read trials this one way.
+    """
+    if t.state == TrialState.COMPLETE:
+        return t.value
+    if t.state == TrialState.PRUNED:
+        return t.user_attrs.get(attrs.PRUNED_VALUE, t.value)
+    return None
+
+
 @dataclass
 class Tally:
     """Results and failure counts folded in from the trials numbered below ``upto``.
@@ -57,7 +72,7 @@ class Tally:
         if t.state == TrialState.COMPLETE and t.value is not None:
             self.results.setdefault(key, fitness_of(t.value, maximize))
         elif t.state == TrialState.PRUNED:
-            value = t.user_attrs.get(attrs.PRUNED_VALUE, t.value)
+            value = stand_in_value(t)
             self.results.setdefault(key, worst_fitness(maximize) if value is None else fitness_of(value, maximize))
         elif t.state == TrialState.RUNNING and held is not None:
             held.add(key)
