@@ -8,18 +8,19 @@ search itself runs a cheap objective (the search's outcome is not what these tes
 from __future__ import annotations
 
 import json
+import re
 
 import optuna
 import pytest
 import torch
 
-from biotune_optuna.config import DatasetSpec, Recipe, StudyConfig
+from biotune_optuna.config import ConfigError, DatasetSpec, Recipe, StudyConfig
 from biotune_optuna.finetune.backbones import load_backbone
 from biotune_optuna.finetune.data import load_dataset
 from biotune_optuna.report import protocol
 from biotune_optuna.report.comparison import best_genome, search_cost
 from biotune_optuna.report.final import final_report
-from biotune_optuna.report.tuning import NO_TUNING, TuneSpec, parse_tune_grid
+from biotune_optuna.report.tuning import NO_TUNING, TuneSpec, parse_lr_grid, parse_tune_grid
 from biotune_optuna.search.genome import param_names
 from biotune_optuna.study import attrs
 from biotune_optuna.study.storage import open_storage
@@ -172,6 +173,30 @@ def test_every_sampler_best_counts_pruned_evaluations_and_costs_are_counted_alik
     cost = search_cost(study, config)
     assert cost["evaluations"] == 7 and cost["pruned"] == 1 and cost["trained_nothing"] == 1
     assert cost["epochs"] == 5 * 2 + 1 and cost["fine_tunes"] == 5 * 2 + 1
+
+
+def test_sweep_grids_defaults_and_errors():
+    spec = TuneSpec()
+    assert spec.grid("full", 1e-3) == {"lr": (1e-4, 1e-3, 1e-2)}
+    assert spec.grid("autorgn", 1e-3)["lr"] == (1e-4, 1e-3, 1e-2, 0.1)
+    assert spec.grid("l2sp", 1e-3)["alpha"] == (1e-3, 1e-2, 1e-1, 1.0)
+    assert NO_TUNING.grid("lora", 1e-3) == {"lr": (1e-3,)}
+    custom = TuneSpec(lrs=(0.01,), grids=parse_tune_grid(["lora.r=4,16", "lora.lr=0.5", "bitfit.train_gamma=true,false"]))
+    assert custom.grid("lora", 1e-3) == {"lr": (0.5,), "r": (4, 16)} and custom.grid("full", 1e-3) == {"lr": (0.01,)}
+    assert custom.grid("bitfit", 1e-3)["train_gamma"] == (True, False)
+    for bad, message in [
+        (["l2sp.rank=4"], "l2sp has no option 'rank'; valid: lr, alpha, beta"),
+        (["spottune.lr=1"], "--tune-grid method must be one of"),
+        (["l2sp=0.1"], "METHOD.OPTION=V1,V2"),
+        (["lora.r=4.5"], "must be integers"),
+        (["full.lr=-1"], "must be a finite number > 0"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            parse_tune_grid(bad)
+    with pytest.raises(ConfigError, match="--no-tune cannot be combined"):
+        TuneSpec(enabled=False, lrs=(1e-3,))
+    with pytest.raises(ConfigError, match="finite number > 0"):
+        parse_lr_grid("1e-3,0")
 
 
 @pytest.mark.slow

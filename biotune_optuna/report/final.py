@@ -181,7 +181,7 @@ def _baseline_row(
 
 
 def _stored_or_computed(
-    study: optuna.Study, key: str, basis: Mapping, compute: Callable[[], MethodResult],
+    study: optuna.Study, key: str, label: str, basis: Mapping, compute: Callable[[], MethodResult],
     recompute: bool, store: bool, on_event: Callable[[str], None],
 ) -> MethodResult:
     """The row stored in the study for ``basis``, else a computed one (then stored)."""
@@ -191,7 +191,7 @@ def _stored_or_computed(
         on_event(f"{result.method}: stored result (not retrained; --recompute retrains)")
         return result
     if not recompute and stored.has_other(study, key):
-        on_event(f"{key}: the stored result was computed for another configuration or sweep: recomputing")
+        on_event(f"{label}: the stored result was computed for another configuration or sweep: recomputing")
     row = compute()
     if store:
         stored.save(study, key, basis, {k: v for k, v in row.to_dict().items() if k != "stored"})
@@ -245,12 +245,12 @@ def final_report(
         compute = lambda label=label, key=key, source=source, best=best: _search_row(  # noqa: E731
             label, key, source, best, config, data(), device, on_seed, cache
         )
-        row = _stored_or_computed(study, key, {"genome": list(best), "seeds": seeds}, compute, recompute, store, say)
+        row = _stored_or_computed(study, key, label, {"genome": list(best), "seeds": seeds}, compute, recompute, store, say)
         rows.append(_refresh_search_cost(row, source, config))
     for key in config.baselines if baselines is None else baselines:
         basis = {**spec.basis(key, config.recipe.base_lr), "seeds": seeds}
         compute = lambda key=key: _baseline_row(key, config, data(), spec, device, on_seed, cache, say)  # noqa: E731
-        rows.append(_stored_or_computed(study, f"baseline:{key}", basis, compute, recompute, store, say))
+        rows.append(_stored_or_computed(study, f"baseline:{key}", BASELINE_LABELS[key], basis, compute, recompute, store, say))
     return rows
 
 

@@ -23,6 +23,16 @@ NOTES = (
 )
 
 
+def _n(count: float, word: str) -> str:
+    """``"1 epoch"``, ``"3 epochs"``."""
+    return f"{count:.0f} {word}" + ("" if count == 1 else "s")
+
+
+def _spent(d: Mapping) -> str:
+    """``"2 fine-tunes · 6 epochs · 40 s"``."""
+    return f"{_n(d['fine_tunes'], 'fine-tune')} · {_n(d['epochs'], 'epoch')} · {d['seconds']:.0f} s"
+
+
 def _num(value: float) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
@@ -48,18 +58,16 @@ def selection_text(row: Any) -> str:
     """What choosing the configuration cost: a search's evaluations, a sweep's other candidates."""
     sel = (row.cost or {}).get("selection", {})
     if "evaluations" in sel:
-        return f"{sel['evaluations']} evals · {sel['fine_tunes']} fine-tunes · {sel['epochs']} epochs · {sel['seconds']:.0f} s"
+        return f"{_n(sel['evaluations'], 'eval')} · {_spent(sel)}"
     if sel.get("configs", 0) > 1:
-        return f"{sel['configs']} configs · {sel['fine_tunes']} fine-tunes · {sel['epochs']} epochs · {sel['seconds']:.0f} s"
+        return f"{_n(sel['configs'], 'config')} · {_spent(sel)}"
     return "— (fixed)"
 
 
 def final_text(row: Any) -> str:
     """The final runs: ``"3 fine-tunes · 41 epochs · 120 s"``."""
     fin = (row.cost or {}).get("final", {})
-    if not fin:
-        return f"{row.train_seconds:.0f} s"
-    return f"{fin['fine_tunes']} fine-tunes · {fin['epochs']} epochs · {fin['seconds']:.0f} s"
+    return _spent(fin) if fin else f"{row.train_seconds:.0f} s"
 
 
 def val_text(row: Any) -> str:
