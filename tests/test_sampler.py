@@ -330,3 +330,26 @@ def test_a_failed_slot_in_a_minimised_study_counts_as_the_worst():
     assert state.best.origin != (0, 1) and state.best.fitness == pytest.approx(study.best_value)
     extinctions = [m.extinction for p in state.populations for m in p.members]
     assert all(0.0 <= e <= 1.0 for e in extinctions)  # no NaN from the infinite fitness
+
+
+def test_status_counts_skipped_hill_climbs_apart_from_done_slots(tmp_path, capsys, monkeypatch):
+    import argparse
+
+    from biotune_optuna.cli import status
+    from biotune_optuna.config import DatasetSpec, StudyConfig
+    from biotune_optuna.study.storage import open_storage
+    from biotune_optuna.study.studies import create_or_resume
+
+    config = StudyConfig(
+        model="resnet18", dataset=DatasetSpec("digits", image_size=8), blocks=tuple(BLOCKS), classes=("a", "b"),
+        dataset_fingerprint="f", population_size=5, n_elites=2, n_generations=3, sampler_seed=2,
+    )
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study, _ = create_or_resume(open_storage(url, create_tables=True), "s", config)
+    study.sampler = BioTuneSampler(BLOCKS, population_size=5, n_elites=2, n_generations=3, seed=2, poll_interval=0.01)
+    study.optimize(lambda t: 1.0 - prefers_empty([t.suggest_float(n, 0, 1) for n in param_names(BLOCKS)]), n_trials=12)
+    monkeypatch.setenv("COLUMNS", "300")  # one table row per line
+    assert status.run(argparse.Namespace(storage=url, study_name="s")) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    # Generation 2 is open: elite 1 selects no block, so its two hill climbs are skipped, not done.
+    assert "0 done, 0 running, 5 free, 0 not open yet, 2 skipped" in out
