@@ -14,6 +14,7 @@ without retraining, an interrupted one resumes with the methods it had not finis
 
 from __future__ import annotations
 
+import functools
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -153,22 +154,22 @@ def search_summary(study: optuna.Study, config: StudyConfig) -> tuple[tuple[floa
 
 
 def _search_row(
-    name: str, key: str, study: optuna.Study, genome: Sequence[float], config: StudyConfig, splits: Splits,
-    device: str, on_seed: Callable | None, cache: FeatureCache,
+    name: str, key: str, study: optuna.Study, genome: Sequence[float], config: StudyConfig,
+    data: Callable[[], Splits], device: str, on_seed: Callable | None, cache: FeatureCache,
 ) -> MethodResult:
     """The final protocol for a search's best genome, with the search's cost."""
     plan = decode(genome, config.blocks, config.recipe.base_lr)
-    row = evaluate_method(name, config, splits, plan.lr_by_block, device, on_seed, cache)
+    row = evaluate_method(name, config, data(), plan.lr_by_block, device, on_seed, cache)
     row.key, row.chosen = key, {"genome": list(genome), "lr_by_block": plan.lr_by_block}
     return _refresh_search_cost(row, study, config)
 
 
 def _baseline_row(
-    key: str, config: StudyConfig, splits: Splits, spec: TuneSpec, device: str,
+    key: str, config: StudyConfig, data: Callable[[], Splits], spec: TuneSpec, device: str,
     on_seed: Callable | None, cache: FeatureCache, on_event: Callable[[str], None],
 ) -> MethodResult:
     """Tune baseline ``key`` on the validation split, then score the chosen runs on test."""
-    label = BASELINE_LABELS[key]
+    label, splits = BASELINE_LABELS[key], data()
 
     def on_candidate(params: dict, val: float) -> None:
         on_event(f"tune · {label} · {describe(params)} · val {val:.4f}")
@@ -242,14 +243,12 @@ def final_report(
         searches[f"sampler:{key}"] = (f"{SAMPLER_LABELS[key]} (same budget)", other, best_genome(other, config))
     rows = []
     for key, (label, source, best) in searches.items():
-        compute = lambda label=label, key=key, source=source, best=best: _search_row(  # noqa: E731
-            label, key, source, best, config, data(), device, on_seed, cache
-        )
+        compute = functools.partial(_search_row, label, key, source, best, config, data, device, on_seed, cache)
         row = _stored_or_computed(study, key, label, {"genome": list(best), "seeds": seeds}, compute, recompute, store, say)
         rows.append(_refresh_search_cost(row, source, config))
     for key in config.baselines if baselines is None else baselines:
         basis = {**spec.basis(key, config.recipe.base_lr), "seeds": seeds}
-        compute = lambda key=key: _baseline_row(key, config, data(), spec, device, on_seed, cache, say)  # noqa: E731
+        compute = functools.partial(_baseline_row, key, config, data, spec, device, on_seed, cache, say)
         rows.append(_stored_or_computed(study, f"baseline:{key}", BASELINE_LABELS[key], basis, compute, recompute, store, say))
     return rows
 

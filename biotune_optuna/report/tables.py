@@ -22,6 +22,12 @@ NOTES = (
     "configuration's fine-tunes. Their sum is all the compute a row took."
 )
 
+BUDGET_NOTE = (
+    "Slots: P + G·(P + E), the budget every sampler gets; BioTune skips the hill climbs of elites that select "
+    "no block, so its evaluations can be fewer. Trained nothing: genomes whose every gene ≤ threshold (scored "
+    "without training). Trial time: the evaluations' durations summed (wall time depends on the workers)."
+)
+
 
 def _n(count: float, word: str) -> str:
     """``"1 epoch"``, ``"3 epochs"``."""
@@ -85,8 +91,10 @@ def to_markdown(rows: Sequence[Any], title: str) -> str:
     lines = [
         f"# {title}",
         "",
-        "| Method | Test macro accuracy (%) | Val. macro accuracy (%) | Trainable params (%) | Chosen (on validation) "
-        "| Selection cost | Final runs |",
+        (
+            "| Method | Test macro accuracy (%) | Val. macro accuracy (%) | Trainable params (%) | Chosen (on validation) "
+            "| Selection cost | Final runs |"
+        ),
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
@@ -108,9 +116,7 @@ def to_markdown(rows: Sequence[Any], title: str) -> str:
                 f"| {b['method']} | {b.get('slots', '—')} | {b['evaluations']} | {b['trained_nothing']} | {b['pruned']} | "
                 f"{b['fine_tunes']} | {b['epochs']} | {b['seconds']:.0f} | {b['trial_seconds']:.0f} |"
             )
-        lines += ["", "Slots: P + G·(P + E), the budget every sampler gets; BioTune skips the hill climbs of "
-                  "elites that select no block, so its evaluations can be fewer. Trained nothing: genomes "
-                  "whose every gene ≤ threshold (scored without training)."]
+        lines += ["", BUDGET_NOTE]
     lines += ["", NOTES]
     return "\n".join(lines) + "\n"
 

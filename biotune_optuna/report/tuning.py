@@ -216,10 +216,10 @@ def tune_baseline(
         ValueError: on an option value the baseline refuses (e.g. decay > 1).
     """
     grid = spec.grid(key, config.recipe.base_lr)
-    tried: dict[tuple, float] = {}
-    best: list = [None, None]  # params, runs
+    tried: set[tuple] = set()
+    best: dict = {"params": None, "runs": None}
     trace, spent = [], {"fine_tunes": 0, "epochs": 0, "seconds": 0.0}
-    for params in _candidates(key, grid, spec.strategy, lambda: dict(best[0])):
+    for params in _candidates(key, grid, spec.strategy, lambda: dict(best["params"])):
         ident = tuple(sorted(params.items()))
         if ident in tried:
             continue
@@ -227,18 +227,18 @@ def tune_baseline(
         runs = train_seeds(
             config, splits, lambda bb, p=params, o=options_: make_baseline(key, bb, p["lr"], **o), device, feature_cache
         )
-        tried[ident] = runs.val_mean
+        tried.add(ident)
         trace.append({"params": dict(params), "val_accuracy": round(runs.val_mean, 6)})
         for k, v in runs.cost().items():
             spent[k] += v
         if on_candidate is not None:
             on_candidate(params, runs.val_mean)
-        if best[1] is None or runs.val_mean > best[1].val_mean:
-            best = [dict(params), runs]
-    chosen_runs = best[1]
+        if best["runs"] is None or runs.val_mean > best["runs"].val_mean:  # ties: the earlier one
+            best.update(params=dict(params), runs=runs)
+    chosen_runs = best["runs"]
     selection = {"configs": len(trace), **{k: round(spent[k] - v, 3) for k, v in chosen_runs.cost().items()}}
-    defaults = {k: v for k, v in options(key).items() if k in KNOB_GRIDS.get(key, {}) and k not in best[0]}
-    return Tuned({**best[0], **defaults}, chosen_runs, trace, selection)
+    defaults = {k: v for k, v in options(key).items() if k in KNOB_GRIDS.get(key, {}) and k not in best["params"]}
+    return Tuned({**best["params"], **defaults}, chosen_runs, trace, selection)
 
 
 def describe(params: Mapping[str, object]) -> str:
