@@ -113,7 +113,7 @@ def _tuning_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, recomp
     """How the baselines of the final report are tuned (report/tuning.py), and --recompute."""
     p.add_argument(
         "--no-tune", action="store_true",
-        help="the paper's fixed protocol: every baseline at --lr with its default options. Default: each baseline's "
+        help="the paper's fixed protocol: every baseline at the study's base learning rate (--lr) with its default options. Default: each baseline's "
         "learning rate (and its own knob: L2-SP/L1-SP alpha, LoRA r, LLRD decay) is chosen on the validation split, "
         "trained under the final protocol itself",
     )
