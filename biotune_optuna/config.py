@@ -140,8 +140,9 @@ def check_search(n_blocks: int, population_size: int, n_elites: int, n_generatio
 
 
 def n_evaluations(population_size: int, n_elites: int, n_generations: int) -> int:
-    """The search budget: P + G·(P + E) evaluations (spec §7.14) — P initial genomes, then per
-    generation 2E hill-climb proposals and P − E children."""
+    """The search budget: P + G·(P + E) slots (spec §7.14) — P initial genomes, then per
+    generation 2E hill-climb proposals and P − E children. An upper bound on the evaluations:
+    the two hill-climb slots of an elite that selects no block are skipped (spec §7.4)."""
     return population_size + n_generations * (population_size + n_elites)
 
 

@@ -1,5 +1,6 @@
 """Generations as slot lists, and BioTuneSampler inside plain Optuna studies."""
 
+import gc
 import random
 import threading
 import time
@@ -8,6 +9,7 @@ import optuna
 import pytest
 
 from biotune_optuna.search.genome import param_names
+from biotune_optuna.search.operators import has_selected_block
 from biotune_optuna.study.attrs import PRUNED_VALUE as PRUNED_VALUE_ATTR, SLOT as SLOT_ATTR
 from biotune_optuna.study.sampler import BioTuneSampler, fold_of_generation
 from biotune_optuna.search import GAConfig, search_state
@@ -250,3 +252,104 @@ def test_a_pruned_genome_counts_with_the_accuracy_it_reached_and_is_not_redone()
     assert initial[(0, 3)] == 1.0
     study.optimize(pruned_early)  # to the end of the search
     assert len(seen) == len(set(seen)) == 26  # a pruned slot is resolved, never evaluated again
+
+
+# ---------------------------------------------------------------- audit bugs (issue 12, item 4)
+def prefers_empty(genome):
+    """Φ that makes a genome selecting no block the best: such children become elites."""
+    return 0.0 if not has_selected_block(genome) else toy_fitness(genome) + 0.5
+
+
+@pytest.mark.parametrize("mode", ["batched", "reference"])
+def test_an_elite_that_selects_no_block_spends_no_hill_climb(mode):
+    config = GAConfig(4, population_size=5, n_elites=2, n_generations=3, seed=2, mode=mode)
+    state, seen = replay(config, prefers_empty)
+    hills = [p for p in seen.values() if p.role in ("hill+", "hill-")]
+    assert hills and all(p.move is not None for p in hills)  # each moves a gene its elite selects
+    assert len(seen) == 20  # seed 2 makes empty children elites: 3 of them skip 2 hill climbs each
+    assert not set(state.skipped) & set(seen)  # never proposed
+    assert len(seen) == config.n_evaluations - len(state.skipped) and state.resolved == config.n_evaluations
+    # The skipped elites are kept unchanged (a skipped hill climb reverts).
+    for g, s in state.skipped[::2]:
+        elite = state.populations[g - 1].members[s // 2]
+        assert elite in [m for m in state.populations[g].members if m.origin == elite.origin]
+
+
+def test_skipped_hill_climbs_cost_no_trial_in_a_study():
+    sampler = BioTuneSampler(BLOCKS, population_size=5, n_elites=2, n_generations=3, seed=2, poll_interval=0.01)
+
+    def objective(trial):
+        return 1.0 - prefers_empty([trial.suggest_float(n, 0, 1) for n in param_names(BLOCKS)])
+
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(objective)  # stops by itself
+    state = sampler.search_state(study)
+    complete = claimed(study)
+    assert len(complete) == 20  # not 26: three elites select no block
+    assert state.finished and state.resolved == 26 and len(state.skipped) == 6
+    _, seen = replay(GAConfig(4, 5, 2, 3, 2), prefers_empty)
+    assert complete == {k: tuple(round(g, 12) for g in p.genome) for k, p in seen.items()}
+
+
+def test_a_reused_sampler_searches_each_study_from_its_own_initial_population():
+    sampler = make_sampler()
+    first = optuna.create_study(direction="maximize", sampler=sampler)
+    first.optimize(objective_with_jitter)
+
+    def other_objective(trial):  # a different landscape: generations after the first differ
+        return 1.0 - prefers_empty([trial.suggest_float(n, 0, 1) for n in param_names(BLOCKS)])
+
+    second = optuna.create_study(direction="maximize", sampler=sampler)
+    second.optimize(other_objective)
+    fresh = optuna.create_study(direction="maximize", sampler=make_sampler())
+    fresh.optimize(other_objective)
+    assert claimed(second) == claimed(fresh)
+    assert {k for k in claimed(second) if k[0] == 0} == {(0, s) for s in range(5)}
+    del first, second
+    gc.collect()  # a new in-memory storage may now get a collected one's id: no stale state either
+    third = optuna.create_study(direction="maximize", sampler=sampler)
+    third.optimize(other_objective)
+    assert claimed(third) == claimed(fresh)
+
+
+def test_a_failed_slot_in_a_minimised_study_counts_as_the_worst():
+    def loss(trial):  # losses > 1: a failed slot counted with Φ = 1.0 would be the best-ever
+        genome = [trial.suggest_float(n, 0, 1) for n in param_names(BLOCKS)]
+        rec = trial.study._storage.get_trial_system_attrs(trial._trial_id)[SLOT_ATTR]
+        if (rec["generation"], rec["slot"]) == (0, 1):
+            raise RuntimeError("always fails")
+        return 2.0 + toy_fitness(genome)
+
+    sampler = make_sampler(max_retries=0)
+    study = optuna.create_study(direction="minimize", sampler=sampler)
+    study.optimize(loss, catch=(RuntimeError,))
+    state = sampler.search_state(study)
+    assert state.finished
+    initial = state.populations[0].members
+    assert initial[-1].origin == (0, 1) and initial[-1].fitness == float("inf")
+    assert state.best.origin != (0, 1) and state.best.fitness == pytest.approx(study.best_value)
+    extinctions = [m.extinction for p in state.populations for m in p.members]
+    assert all(0.0 <= e <= 1.0 for e in extinctions)  # no NaN from the infinite fitness
+
+
+def test_status_counts_skipped_hill_climbs_apart_from_done_slots(tmp_path, capsys, monkeypatch):
+    import argparse
+
+    from biotune_optuna.cli import status
+    from biotune_optuna.config import DatasetSpec, StudyConfig
+    from biotune_optuna.study.storage import open_storage
+    from biotune_optuna.study.studies import create_or_resume
+
+    config = StudyConfig(
+        model="resnet18", dataset=DatasetSpec("digits", image_size=8), blocks=tuple(BLOCKS), classes=("a", "b"),
+        dataset_fingerprint="f", population_size=5, n_elites=2, n_generations=3, sampler_seed=2,
+    )
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study, _ = create_or_resume(open_storage(url, create_tables=True), "s", config)
+    study.sampler = BioTuneSampler(BLOCKS, population_size=5, n_elites=2, n_generations=3, seed=2, poll_interval=0.01)
+    study.optimize(lambda t: 1.0 - prefers_empty([t.suggest_float(n, 0, 1) for n in param_names(BLOCKS)]), n_trials=12)
+    monkeypatch.setenv("COLUMNS", "300")  # one table row per line
+    assert status.run(argparse.Namespace(storage=url, study_name="s")) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    # Generation 2 is open: elite 1 selects no block, so its two hill climbs are skipped, not done.
+    assert "0 done, 0 running, 5 free, 0 not open yet, 2 skipped" in out

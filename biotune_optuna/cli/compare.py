@@ -1,5 +1,6 @@
-"""``biotune-optuna compare``: BioTune's best genome against baselines and Optuna's other
-samplers, on the same data, seeds and training loop."""
+"""``biotune-optuna compare``: BioTune's best genome against tuned baselines and Optuna's other
+samplers, on the same data, seeds and training loop. Writes into ``OUT/compare/``; results are
+kept in the study, so a second compare retrains only what is missing."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import optuna
 
 from biotune_optuna.cli.common import console, feature_cache_bytes, open_study, parse_list, positive, report_dir, storage_url
 from biotune_optuna.cli.loading import check_device, load_checked
-from biotune_optuna.cli.report import write_full_report
+from biotune_optuna.cli.report import tune_spec, write_full_report
 from biotune_optuna.config import BASELINE_LABELS, SAMPLER_LABELS
 from biotune_optuna.objective import Objective
 from biotune_optuna.report.comparison import run_search
@@ -24,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
     positive("workers", args.workers)
     check_device(args.device)
     cache_bytes = feature_cache_bytes(args.feature_cache_mb)
+    spec = tune_spec(args)
     study, config = open_study(args)
     splits = load_checked(config, args)
     others = {}
@@ -38,5 +40,8 @@ def run(args: argparse.Namespace) -> int:
 
         objective = Objective(config, splits, args.device, feature_cache_bytes=cache_bytes)
         others[key] = run_search(_optuna.storage_of(study), study.study_name, config, key, objective, args.workers, [on_trial])
-    write_full_report(study, config, splits, args.device, report_dir(args, storage_url(args), study.study_name), baselines, others)
+    # Its own folder: run's and report's report.* next to the study are not replaced (README "Comparing").
+    out = report_dir(args, storage_url(args), study.study_name) / "compare"
+    title = f"{study.study_name}: {config.model} on {config.dataset.name} — comparison"
+    write_full_report(study, config, splits, args.device, out, baselines, others, tuning=spec, recompute=args.recompute, title=title)
     return 0

@@ -18,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
     study, resumed = create_or_resume(storage, args.study_name, config)
     verb = "exists already with this config" if resumed else "created"
     console.print(
-        f"study [bold]{args.study_name}[/] {verb} in {redact(url)}: {config.n_evaluations} evaluations × "
+        f"study [bold]{args.study_name}[/] {verb} in {redact(url)}: at most {config.n_evaluations} evaluations × "
         f"{len(config.seeds)} seed(s). Start workers with:\n  biotune-optuna worker --study-name {args.study_name} "
         "--storage URL   (or set BIOTUNE_STORAGE)"
     )

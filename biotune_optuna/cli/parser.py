@@ -109,6 +109,28 @@ def _cache_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None
     m.add_argument("--no-cache", action="store_true", help="decode the dataset from its files every time; read and write no cache")
 
 
+def _tuning_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, recompute: bool = True) -> None:
+    """How the baselines of the final report are tuned (report/tuning.py), and --recompute."""
+    p.add_argument(
+        "--no-tune", action="store_true",
+        help="the paper's fixed protocol: every baseline at the study's base learning rate (--lr) with its default options. Default: each baseline's "
+        "learning rate (and its own knob: L2-SP/L1-SP alpha, LoRA r, LLRD decay) is chosen on the validation split, "
+        "trained under the final protocol itself",
+    )
+    p.add_argument("--lr-grid", metavar="LRS", help="learning rates every baseline tries, comma-separated (default: the base rate × 0.1, 1, 10; AutoRGN also × 100)")
+    p.add_argument(
+        "--tune-grid", action="append", metavar="METHOD.OPTION=V1,V2",
+        help="a baseline's own grid, repeatable; defaults l2sp.alpha=0.001,0.01,0.1,1 l1sp.alpha=1e-5,1e-4,1e-3,0.01 "
+        "lora.r=4,8,16 llrd.decay=0.65,0.75,0.9; METHOD.lr=… gives one baseline its own learning rates",
+    )
+    p.add_argument(
+        "--tune-strategy", choices=("coordinate", "grid"), default="coordinate",
+        help="coordinate: learning rates at the knob's default, then the knob at the chosen rate; grid: every combination",
+    )
+    if recompute:
+        p.add_argument("--recompute", action="store_true", help="retrain every method even when the study holds its final result")
+
+
 def _storage_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--storage",
@@ -143,6 +165,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     _device_option(g)
     _feature_cache_option(g)
     g.add_argument("--no-report", action="store_true", help="stop after the search")
+    _tuning_options(run.add_argument_group("baselines of the final report"), recompute=False)
 
 
 def _add_create(sub: argparse._SubParsersAction) -> None:
@@ -188,8 +211,10 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         description=(
             "Retrain BioTune's best genome and any of the baselines under the final protocol (full training split, "
             "every seed, held-out test split); optionally first run Optuna's TPE / CMA-ES / random / NSGA-II on the "
-            "same search space with BioTune's budget (each in its own study <name>.<sampler>, resumable). Writes "
-            "report.json, report.md, PNG plots and a self-contained report.html."
+            "same search space with BioTune's budget (each in its own study <name>.<sampler>, resumable). Baselines "
+            "are tuned on the validation split (--no-tune: fixed learning rate). Results are kept in the study: a "
+            "second compare retrains nothing already done. Writes report.json, report.md, PNG plots and a "
+            "self-contained report.html into OUT/compare/ (run's and report's files stay as they are)."
         ),
         formatter_class=HelpFormatter,
     )
@@ -199,8 +224,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     compare.add_argument("--workers", type=int, default=1, help="local worker threads for the sampler searches")
     _device_option(compare)
     _feature_cache_option(compare)
-    compare.add_argument("--out", help="directory for the report (default: next to an SQLite study, else ./reports/STUDY)")
+    compare.add_argument("--out", help="directory above the report's compare/ folder (default: next to an SQLite study, else ./reports/STUDY)")
     _cache_options(compare)
+    _tuning_options(compare.add_argument_group("tuning the baselines"))
 
 
 def _add_dashboard(sub: argparse._SubParsersAction) -> None:
@@ -222,9 +248,15 @@ def _add_status_and_report(sub: argparse._SubParsersAction) -> None:
         s = sub.add_parser(name, help=text, description=text)
         _storage_options(s)
         if name == "report":
-            s.add_argument("--out", help="directory for report.json and report.md (default: next to an SQLite study, else .)")
+            s.description = (
+                "Final evaluation of a search (spec §8): BioTune's best genome and the study's baselines, retrained "
+                "on the full training split with every seed and scored on the test split. Results are kept in the "
+                "study: shown again without retraining (--recompute retrains), resumed per method if interrupted."
+            )
+            s.add_argument("--out", help="directory for report.json and report.md (default: next to an SQLite study, else ./reports/STUDY)")
             _device_option(s)
             _cache_options(s)
+            _tuning_options(s)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from biotune_optuna.cli.common import console, feature_cache_bytes, settings
 from biotune_optuna.cli.loading import config_from_args
-from biotune_optuna.cli.report import write_full_report
+from biotune_optuna.cli.report import tune_spec, write_full_report
 from biotune_optuna.config import ConfigError, StudyConfig
 from biotune_optuna.finetune.data import Splits
 from biotune_optuna.objective import Objective
@@ -83,13 +83,14 @@ def run(args: argparse.Namespace) -> int:
     """``run``: create or resume, search, report."""
     s = settings(args)
     cache_bytes = feature_cache_bytes(s["feature_cache_mb"])  # checked before anything is stored
+    spec = tune_spec(args)
     config, splits = config_from_args(s)
     name = s.get("study_name") or f"biotune-{config.dataset.name}-{config.model}"
     out = Path(s.get("out") or Path("biotune-runs") / name)
     url = s.get("storage") or default_storage(out)
     storage = open_storage(url, create_tables=True)
     study, resumed = create_or_resume(storage, name, config)
-    console.print(f"study [bold]{name}[/] in {redact(url)} ({'resumed' if resumed else 'created'}); {config.n_evaluations} evaluations × {len(config.seeds)} seed(s)")
+    console.print(f"study [bold]{name}[/] in {redact(url)} ({'resumed' if resumed else 'created'}); at most {config.n_evaluations} evaluations × {len(config.seeds)} seed(s)")
     if resumed and not s.get("storage"):
         fail_orphaned_trials(study)
     search(study, config, splits, s["device"], s["workers"], cache_bytes)
@@ -97,5 +98,5 @@ def run(args: argparse.Namespace) -> int:
     best = decode(best_member.genome, config.blocks, config.recipe.base_lr)
     console.print(f"best genome: val {accuracy_of(best_member.fitness):.4f}; fine-tunes {', '.join(f'{b} (lr {lr:.2g})' for b, lr in best.lr_by_block.items())}")
     if not args.no_report:
-        write_full_report(study, config, splits, s["device"], out)
+        write_full_report(study, config, splits, s["device"], out, tuning=spec)
     return 0

@@ -36,8 +36,15 @@ def run(args: argparse.Namespace) -> int:
         running = sum(1 for t, _ in in_open if t.state == _STATES.RUNNING)
         failed = sum(1 for t, _ in in_open if t.state == _STATES.FAIL)
         free = len(sampler.free_slots(study))
-        done = n_slots - running - free - sum(1 for p in state.proposals if p is None)
-        table.add_row("slots", f"{done} done, {running} running, {free} free, {n_slots - done - running - free} not open yet, {failed} failed attempts (of {n_slots})")
+        skipped = sum(1 for g, _ in state.skipped if g == state.generation)  # elites selecting no block
+        waiting = sum(1 for p in state.proposals if p is None)
+        done = n_slots - running - free - waiting - skipped
+        table.add_row(
+            "slots",
+            f"{done} done, {running} running, {free} free, {waiting} not open yet, "
+            + (f"{skipped} skipped (elite selects no block: no hill climb), " if skipped else "")
+            + f"{failed} failed attempts (of {n_slots})",
+        )
     table.add_row("trials", ", ".join(f"{n} {k.lower()}" for k, n in counts.items() if n))
     if config.pruner != "none":
         table.add_row("pruner", config.pruner)

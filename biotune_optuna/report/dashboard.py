@@ -77,7 +77,7 @@ def summary_markdown(study: optuna.Study, config: StudyConfig, state=None) -> st
         f"| Model | {config.model} ({len(config.blocks)} blocks: {', '.join(config.blocks)}) |",
         f"| Dataset | {ds.name}, {ds.image_size} px, {len(config.classes)} classes |",
         f"| Search | P = {config.population_size}, E = {config.n_elites}, G = {config.n_generations} "
-        f"({config.mode} mode, sampler seed {config.sampler_seed}); {config.n_evaluations} evaluations "
+        f"({config.mode} mode, sampler seed {config.sampler_seed}); at most {config.n_evaluations} evaluations "
         f"× {len(config.seeds)} seed(s), {config.n_folds} fold(s) |",
         f"| Generations closed | {closed} of {config.n_generations + 1} ({finished}) |",
     ]

@@ -2,9 +2,15 @@
 
 Generation 0 is the initial population (P slots, role ``init``); generations 1..G each hold
 2E hill-climb slots (``hill+``/``hill-`` for elite e at slots 2e, 2e+1) followed by P − E
-child slots (spec §7.3, §7.14: P + G·(P + E) evaluations). The proposal of a slot is a pure
-function of (seed, generation, slot, results of closed generations) — and, in ``reference``
-mode, of the results of the earlier child slots of the same generation.
+child slots (spec §7.3, §7.14: at most P + G·(P + E) evaluations). The proposal of a slot is a
+pure function of (seed, generation, slot, results of closed generations) — and, in
+``reference`` mode, of the results of the earlier child slots of the same generation.
+
+An elite that selects no block (every gene ≤ threshold) has no gene to hill-climb: its two
+slots are *skipped* — resolved at once with the elite's own fitness (which reverts the move),
+never proposed, never evaluated (spec §7.4: "If none, skip (0 evaluations)"). Which slots are
+skipped follows from the closed previous generation alone, so proposals stay a pure function
+of the same inputs.
 
 Modes:
 
@@ -31,7 +37,7 @@ from biotune_optuna.config import MODES, check_search, n_evaluations
 from biotune_optuna.search import operators as ops
 from biotune_optuna.search.fitness import WORST_FITNESS
 
-__all__ = ["MODES", "WORST_FITNESS", "GAConfig", "Member", "Population", "Proposal", "SearchState", "initial_proposals", "search_state"]
+__all__ = ["MODES", "WORST_FITNESS", "GAConfig", "Member", "Population", "Proposal", "SearchState", "initial_proposals", "search_state", "skipped_slots"]
 
 
 @dataclass(frozen=True)
@@ -62,14 +68,16 @@ class GAConfig:
         check_search(self.n_blocks, self.population_size, self.n_elites, self.n_generations, self.seed, self.mode)
 
     def n_slots(self, generation: int) -> int:
-        """Slots of a generation: P for generation 0, 2E + (P − E) after."""
+        """Slots of a generation: P for generation 0, 2E + (P − E) after — an upper bound on
+        its evaluations (skipped hill-climb slots cost none; :attr:`SearchState.skipped`)."""
         if generation == 0:
             return self.population_size
         return 2 * self.n_elites + self.population_size - self.n_elites
 
     @property
     def n_evaluations(self) -> int:
-        """Total slots of the search: P + G·(P + E) (spec §7.14)."""
+        """Total slots of the search: P + G·(P + E) (spec §7.14). An upper bound on the
+        evaluations: hill-climb slots of elites that select no block are skipped."""
         return n_evaluations(self.population_size, self.n_elites, self.n_generations)
 
 
@@ -100,7 +108,8 @@ class Proposal:
         genome: the genome to evaluate.
         parents: (generation, slot) origins of the members it came from: the elite for a
             hill-climb; parent1, parent2, prototype for a child; empty otherwise.
-        move: for hill-climbs, ``(gene index, δ)`` or None when the elite selects no block.
+        move: for hill-climbs, ``(gene index, δ)``; None otherwise (an elite that selects no
+            block gets no hill-climb proposal: its slots are skipped).
     """
 
     generation: int
@@ -135,7 +144,10 @@ class SearchState:
         proposals: the open generation's slots; None for a slot that cannot be proposed yet
             (reference mode, waiting on earlier slots).
         finished: True when generation G is closed.
-        resolved: slots with a result (done, or given up as worst), all generations.
+        resolved: slots with a result (done, given up as worst, or skipped), all generations
+            up to the open one; equals the number of slots, P + G·(P + E), when finished.
+        skipped: (generation, slot) of every skipped hill-climb slot so far (elites that
+            select no block; module docstring) — resolved without an evaluation.
     """
 
     populations: list[Population]
@@ -143,6 +155,7 @@ class SearchState:
     proposals: list[Proposal | None] = field(default_factory=list)
     finished: bool = False
     resolved: int = 0
+    skipped: tuple[tuple[int, int], ...] = ()
 
     @property
     def best(self) -> Member | None:
@@ -174,6 +187,18 @@ def initial_proposals(config: GAConfig) -> list[Proposal]:
         Proposal(0, s, "init", ops.random_genome(ops.slot_rng(config.seed, 0, s, "init"), config.n_blocks))
         for s in range(config.population_size)
     ]
+
+
+def skipped_slots(config: GAConfig, population: Population) -> dict[int, float]:
+    """Hill-climb slots of the generation after ``population`` that cost nothing (spec §7.4):
+    slots 2e and 2e+1 of each elite e that selects no block, mapped to the elite's fitness (the
+    result that reverts the move)."""
+    return {
+        2 * e + k: elite.fitness
+        for e, elite in enumerate(population.members[: config.n_elites])
+        if not ops.has_selected_block(elite.genome)
+        for k in (0, 1)
+    }
 
 
 def _hill_climbs(config: GAConfig, generation: int, population: Population) -> list[Proposal]:
@@ -221,10 +246,12 @@ def _proposals(
 ) -> tuple[list[Proposal | None], list[Member] | None]:
     """Slots of ``generation`` given the previous population and this generation's results.
 
-    Returns the proposals (None where not yet proposable) and, when every slot is done, the
-    members of the new population.
+    Returns the proposals in slot order (None where not yet proposable; skipped hill-climb slots
+    left out) and, when every slot is done, the members of the new population.
     """
     n_hill = 2 * config.n_elites
+    skipped = skipped_slots(config, population)
+    done = {**done, **skipped}
     proposals: list[Proposal | None] = list(_hill_climbs(config, generation, population))
     n_children = config.population_size - config.n_elites
     hill_done = all(s in done for s in range(n_hill))
@@ -252,11 +279,11 @@ def _proposals(
                     parents = {child.parents[0], child.parents[1]}
                     pool = [m for m in pool if not (m.origin in parents and m.fitness > fit)]
     if elites is None or any(s not in done for s in range(len(proposals))) or None in proposals:
-        return proposals, None
+        return [p for s, p in enumerate(proposals) if s not in skipped], None
     for p in proposals[n_hill:]:
         assert p is not None
         children.append(Member(p.genome, done[p.slot], 0.0, (generation, p.slot)))
-    return proposals, elites + children
+    return [p for s, p in enumerate(proposals) if s not in skipped], elites + children
 
 
 def search_state(config: GAConfig, results: Results, cache: dict | None = None) -> SearchState:
@@ -265,9 +292,12 @@ def search_state(config: GAConfig, results: Results, cache: dict | None = None) 
     Args:
         config: the search's sizes and seed.
         results: Φ of every resolved slot, keyed by (generation, slot); a slot whose attempts
-            all failed is resolved with :data:`WORST_FITNESS` by the caller.
-        cache: optional dict reused between calls to skip replaying closed generations (closed
-            generations never change, so any caller may share it).
+            all failed is resolved with the worst fitness for the study's direction by the
+            caller (:func:`~biotune_optuna.search.fitness.worst_fitness`). Skipped hill-climb
+            slots need no entry (one there is ignored).
+        cache: optional dict reused between calls to skip replaying closed generations. Closed
+            generations never change *for one search*: a cache belongs to one study's results
+            and config — never share it between studies.
 
     Returns:
         A :class:`SearchState`; cost grows with the population and the number of generations,
@@ -275,7 +305,10 @@ def search_state(config: GAConfig, results: Results, cache: dict | None = None) 
     """
     cache = {} if cache is None else cache
     populations: list[Population] = []
+    skipped: set[tuple[int, int]] = set()
     for generation in range(config.n_generations + 1):
+        if generation > 0:
+            skipped.update((generation, s) for s in skipped_slots(config, populations[-1]))
         if generation in cache:
             populations.append(cache[generation])
             continue
@@ -288,8 +321,8 @@ def search_state(config: GAConfig, results: Results, cache: dict | None = None) 
         else:
             proposals, members = _proposals(config, generation, populations[-1], done)
         if members is None:
-            return SearchState(populations, generation, proposals, resolved=len(results))
+            return SearchState(populations, generation, proposals, False, len(skipped | set(results)), tuple(sorted(skipped)))
         population = _close(config, generation, members, populations[-1] if populations else None)
         cache[generation] = population
         populations.append(population)
-    return SearchState(populations, config.n_generations + 1, [], finished=True, resolved=len(results))
+    return SearchState(populations, config.n_generations + 1, [], True, len(skipped | set(results)), tuple(sorted(skipped)))

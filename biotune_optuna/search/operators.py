@@ -196,15 +196,21 @@ def extinction_values(fitness: Sequence[float], previous: Sequence[float]) -> tu
     ``e_i = (f_i − f_min)/f_max + (f_min/f_max)·i/(P − 1)``: 0 for the best, 1 for the worst.
     If ``f_max == f_min`` (or f_max ≤ 0) the ``previous`` values are kept.
 
+    Members with Φ = +∞ (every attempt failed, in a minimised study:
+    :func:`~biotune_optuna.search.fitness.worst_fitness`) get extinction 1; the formula runs
+    over the finite ones (so nothing becomes NaN).
+
     Args:
-        fitness: Φ of each member, ascending, all ≥ 0.
+        fitness: Φ of each member, ascending, all ≥ 0 (+∞ allowed, last).
         previous: their current extinction values, same order.
     """
-    n = len(fitness)
-    f_min, f_max = min(fitness), max(fitness)
+    finite = [f for f in fitness if f != float("inf")]
+    tail = (1.0,) * (len(fitness) - len(finite))
+    n = len(finite)
+    f_min, f_max = (min(finite), max(finite)) if finite else (0.0, 0.0)
     if n < 2 or not f_max > f_min or f_max <= 0:
-        return tuple(float(e) for e in previous)
-    return tuple(float((f - f_min) / f_max + (f_min / f_max) * i / (n - 1)) for i, f in enumerate(fitness))
+        return tuple(float(e) for e in previous[:n]) + tail
+    return tuple(float((f - f_min) / f_max + (f_min / f_max) * i / (n - 1)) for i, f in enumerate(finite)) + tail
 
 
 def diversity(genomes: Sequence[Sequence[float]]) -> float:

@@ -15,6 +15,11 @@ from dataclasses import dataclass
 CONFIG = "biotune_config"
 #: Study user attribute of a comparison study: the Optuna sampler it ran (``tpe``, ``random``…).
 SAMPLER = "sampler"
+#: Study user attribute prefix of a stored final-protocol result, one attribute per method:
+#: ``final:biotune``, ``final:baseline:<key>``, ``final:sampler:<key>`` → the table row, the
+#: basis it was computed for and a version (``report.stored``). ``report`` shows these instead
+#: of retraining.
+FINAL_RESULT_PREFIX = "final:"
 #: Study system attribute: generations already published as dashboard pages.
 DASHBOARD_GENERATIONS = "biotune:dashboard_generations"
 

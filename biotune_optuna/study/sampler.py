@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -138,13 +139,33 @@ class BioTuneSampler(BaseSampler):
         self.poll_interval = poll_interval
         self.max_poll_interval = max_poll_interval
         self._space = {name: FloatDistribution(0.0, 1.0) for name in param_names(self.blocks)}
-        self._claims: dict[int, SlotRecord] = {}
-        self._cache: dict = {}
-        self._ledgers: dict[int, Ledger] = {}
+        # Per-study state, keyed by _key(study) = (id(storage), study id): in-memory studies all
+        # have study id 0, so the id alone would let a reused sampler carry one study's
+        # generations into the next. Entries of a storage go when the storage is collected
+        # (before its id can be reused). Claims are keyed by (id(storage), trial id) likewise.
+        self._claims: dict[tuple[int, int], SlotRecord] = {}
+        self._cache: dict[tuple[int, int], dict] = {}
+        self._ledgers: dict[tuple[int, int], Ledger] = {}
+        self._storages: dict[int, weakref.ref] = {}
         self._lock = threading.Lock()
         self._fallback = RandomSampler(seed=seed)
 
     # ---------------------------------------------------------------- state from storage
+    def _key(self, study: optuna.Study, trial_id: int | None = None) -> tuple[int, int]:
+        """``(id(storage), study id)`` of ``study`` — or ``(id(storage), trial_id)`` for a claim."""
+        storage = _optuna.storage_of(study)
+        sid = id(storage)
+        if sid not in self._storages:
+            self._storages[sid] = weakref.ref(storage, lambda _ref, sid=sid: self._forget(sid))
+        return (sid, _optuna.study_id(study) if trial_id is None else trial_id)
+
+    def _forget(self, sid: int) -> None:
+        """Drop the state of a collected storage (its id may be reused by a new one)."""
+        for table in (self._claims, self._cache, self._ledgers):
+            for key in [k for k in tuple(table) if k[0] == sid]:
+                table.pop(key, None)
+        self._storages.pop(sid, None)
+
     def _tally(
         self, study: optuna.Study, trials: Sequence[FrozenTrial], exclude: int | None = None
     ) -> tuple[SearchState, set, dict]:
@@ -152,10 +173,11 @@ class BioTuneSampler(BaseSampler):
 
         ``trials``: the study's trials sorted by number; ``exclude``: a trial id to ignore.
         """
-        ledger = self._ledgers.setdefault(_optuna.study_id(study), Ledger(self.max_retries, self.max_interruptions))
+        key = self._key(study)
+        ledger = self._ledgers.setdefault(key, Ledger(self.max_retries, self.max_interruptions))
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
         results, taken, failures = ledger.read(trials, maximize, exclude)
-        return search_state(self.config, results, self._cache), taken, failures
+        return search_state(self.config, results, self._cache.setdefault(key, {})), taken, failures
 
     def search_state(self, study: optuna.Study) -> SearchState:
         """Replay the study's finished trials and return where the search stands."""
@@ -179,7 +201,7 @@ class BioTuneSampler(BaseSampler):
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
         tid = _optuna.trial_id(trial)
-        rec = self._claims.get(tid) or SlotRecord.from_attr(_optuna.storage_of(study).get_trial_system_attrs(tid).get(attrs.SLOT))
+        rec = self._claims.get(self._key(study, tid)) or SlotRecord.from_attr(_optuna.storage_of(study).get_trial_system_attrs(tid).get(attrs.SLOT))
         if rec is None:
             return {}  # not ours (enqueued trial): fall back to sample_independent
         if rec.state == "finished":
@@ -196,9 +218,10 @@ class BioTuneSampler(BaseSampler):
 
     def after_trial(self, study, trial, state, values) -> None:  # noqa: ANN001 - Optuna's signature
         # Not called for trials reaped as stale: those count as interruptions, not failures.
-        if state == TrialState.FAIL and _optuna.trial_id(trial) in self._claims:
+        key = self._key(study, _optuna.trial_id(trial))
+        if state == TrialState.FAIL and key in self._claims:
             _optuna.set_system_attr(study, _optuna.trial_id(trial), attrs.FAILED, True)
-        self._claims.pop(_optuna.trial_id(trial), None)
+        self._claims.pop(key, None)
 
     def reseed_rng(self) -> None:
         self._fallback.reseed_rng()
@@ -236,7 +259,7 @@ class BioTuneSampler(BaseSampler):
             now = time.time()
             trials = _optuna.all_trials(study)
             with self._lock:  # trials before the oldest unfinished one cannot block
-                ledger = self._ledgers.get(_optuna.study_id(study))
+                ledger = self._ledgers.get(self._key(study))
                 start = ledger.upto if ledger is not None else 0
             earlier_waiting = any(self._blocks_later_trials(t, now) for t in trials[start : trial.number])
             if not earlier_waiting:
@@ -268,7 +291,7 @@ class BioTuneSampler(BaseSampler):
 
     def _record(self, study: optuna.Study, trial_id: int, record: SlotRecord) -> None:
         _optuna.set_system_attr(study, trial_id, attrs.SLOT, record.to_attr())
-        self._claims[trial_id] = record
+        self._claims[self._key(study, trial_id)] = record
 
     def _claim(self, study: optuna.Study, trial_id: int, proposal: Proposal) -> None:
         record = SlotRecord(

@@ -14,13 +14,28 @@ from dataclasses import dataclass, field
 
 from optuna.trial import FrozenTrial, TrialState
 
-from biotune_optuna.search.fitness import WORST_FITNESS, fitness_of
+from biotune_optuna.search.fitness import fitness_of, worst_fitness
 from biotune_optuna.study import _optuna, attrs
 from biotune_optuna.study.attrs import SlotRecord
 
 _logger = logging.getLogger(__name__)
 
 Key = tuple[int, int]
+
+
+def stand_in_value(t: FrozenTrial) -> float | None:
+    """The objective value a finished evaluation stands for, in the study's direction.
+
+    A COMPLETE trial: its value. A PRUNED one: its user attribute :data:`~attrs.PRUNED_VALUE`
+    (what BioTune's objective sets), else Optuna's value of a pruned trial (its last
+    intermediate value), else None (nothing known). Any other state: None. BioTune's search and
+    every other sampler's best (``report.comparison.best_genome``) read trials this one way.
+    """
+    if t.state == TrialState.COMPLETE:
+        return t.value
+    if t.state == TrialState.PRUNED:
+        return t.user_attrs.get(attrs.PRUNED_VALUE, t.value)
+    return None
 
 
 @dataclass
@@ -46,7 +61,9 @@ class Tally:
         """Fold in one trial (and add a RUNNING one's slot to ``held``).
 
         A COMPLETE trial counts with its value; a PRUNED one with its user attribute
-        :data:`~attrs.PRUNED_VALUE`, else Optuna's value of a pruned trial, else the worst fitness.
+        :data:`~attrs.PRUNED_VALUE`, else Optuna's value of a pruned trial, else the worst fitness
+        for the study's direction (:func:`~biotune_optuna.search.fitness.worst_fitness`: Φ = 1
+        when maximising an accuracy, +∞ when minimising).
         """
         rec = SlotRecord.from_attr(t.system_attrs.get(attrs.SLOT))
         if rec is None or not rec.claimed:
@@ -55,8 +72,8 @@ class Tally:
         if t.state == TrialState.COMPLETE and t.value is not None:
             self.results.setdefault(key, fitness_of(t.value, maximize))
         elif t.state == TrialState.PRUNED:
-            value = t.user_attrs.get(attrs.PRUNED_VALUE, t.value)
-            self.results.setdefault(key, WORST_FITNESS if value is None else fitness_of(value, maximize))
+            value = stand_in_value(t)
+            self.results.setdefault(key, worst_fitness(maximize) if value is None else fitness_of(value, maximize))
         elif t.state == TrialState.RUNNING and held is not None:
             held.add(key)
         elif t.state == TrialState.FAIL:
@@ -70,7 +87,8 @@ class Ledger:
     """The slot results of one study, kept between calls.
 
     Args:
-        max_retries: failed evaluations of a slot before it counts with the worst fitness.
+        max_retries: failed evaluations of a slot before it counts with the worst fitness for
+            the study's direction.
         max_interruptions: interrupted attempts of a slot before it counts with the worst fitness.
     """
 
@@ -117,5 +135,5 @@ class Ledger:
                         "slot %s of generation %s failed %d times (and was interrupted %d times): "
                         "counted with the worst fitness", key[1], key[0], n, m
                     )
-                results[key] = WORST_FITNESS
+                results[key] = worst_fitness(maximize)
         return results, held | set(results), dict(tally.failures)
