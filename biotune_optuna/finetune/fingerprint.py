@@ -7,9 +7,9 @@ so two machines agree on it exactly when they build the same splits.
 A study keeps what its dataset's files were, so that a worker whose data differ can say which
 file (:func:`study_record`): for up to :data:`~biotune_optuna.config.MAX_LISTED_FILES` files
 the plain list (name -> sha256); above that a :class:`FileSketch`, an invertible Bloom lookup
-table of the (name, content) pairs: 96 cells, about 3 KB in the study whatever the number of
-files, from which the difference of two sketches names up to ~25 changed files (a changed file
-is two entries: its old and its new content; more are named in part). Figures for 60,000 files
+table of the (name, content) pairs: 128 cells, about 4.5 KB in the study whatever the number of
+files, from which the difference of two sketches names up to ~40 changed files (a changed file
+is two entries: its old and its new content; of more, some are named and the rest counted as more). Figures for 60,000 files
 are in bench/README.md (``bench/dataset_fingerprint.py``).
 
 Pure Python (no torch): the worker's check and the bench use it alone.
@@ -51,7 +51,7 @@ def fingerprint(spec: DatasetSpec, files: Mapping[str, str], skipped: Mapping[st
 class FileSketch:
     """An invertible Bloom lookup table of (file name, content) pairs (Goodrich & Mitzenmacher 2011).
 
-    Each pair is added to one cell in each of 3 sub-tables of :attr:`WIDTH` cells: the cell's
+    Each pair is added to one cell in each of 4 sub-tables of :attr:`WIDTH` cells: the cell's
     count goes up by one, and the pair's key (8 bytes of its content hash, then its name in
     UTF-8) and a 64-bit check of that key are XORed into it. Subtracting two sketches cancels
     every pair both hold; the cells left holding exactly one pair (count ±1, check matching)
@@ -59,7 +59,7 @@ class FileSketch:
     """
 
     WIDTH = 32
-    HASHES = 3
+    HASHES = 4
 
     def __init__(self) -> None:
         size = self.WIDTH * self.HASHES
@@ -75,8 +75,9 @@ class FileSketch:
         return sketch
 
     def _cells(self, key: bytes) -> tuple[list[int], int]:
+        """The key's cell in each sub-table (from 6 bytes of its sha256 each) and its check (the last 8)."""
         digest = hashlib.sha256(key).digest()
-        cells = [i * self.WIDTH + int.from_bytes(digest[8 * i : 8 * i + 8], "little") % self.WIDTH for i in range(self.HASHES)]
+        cells = [i * self.WIDTH + int.from_bytes(digest[6 * i : 6 * i + 6], "little") % self.WIDTH for i in range(self.HASHES)]
         return cells, int.from_bytes(digest[24:], "little")
 
     def _toggle(self, number: int, key: bytes, sign: int) -> None:
