@@ -593,6 +593,18 @@ def test_corrupt_cache_file_is_logged_recomputed_and_replaced(how, flat_folder, 
     assert_same_splits(load_dataset(spec, cache_dir=cache), fresh)
 
 
+def test_a_cache_entry_of_the_previous_layout_is_still_used(flat_folder, tmp_path, monkeypatch):
+    spec = DatasetSpec("folder", path=str(flat_folder), image_size=20)
+    cache = tmp_path / "cache"
+    fresh = load_dataset(spec, cache_dir=cache)
+    entry = cache / f"{fresh.fingerprint}.pt"
+    d = torch.load(entry, weights_only=True)
+    del d["key"], d["skipped"]
+    torch.save({**d, "format": 1}, entry)  # as the release before unreadable files were skipped wrote it
+    forbid_decoding(monkeypatch)
+    assert_same_splits(load_dataset(spec, cache_dir=cache), fresh)
+
+
 def test_unwritable_cache_is_logged_and_the_splits_still_load(flat_folder, tmp_path, caplog):
     spec = DatasetSpec("folder", path=str(flat_folder), image_size=20)
     not_a_dir = tmp_path / "file"

@@ -84,6 +84,8 @@ def test_dirty_folder_is_used_with_one_warning_and_refused_with_strict(tmp_path)
     text = " ".join(made.stderr.split())  # the log handler may wrap a long line: read it as one
     assert text.count("unreadable") == 1 and "left out 3 unreadable image file(s)" in text
     assert all(name in text for name in broken) and " at 0x" not in text
+    worker = cli("worker", "--storage", storage, "--study-name", "lenient", "--strict", "--wait", "5", cwd=tmp_path)
+    assert worker.returncode == 2 and all(name in worker.stderr for name in broken), worker.stderr
 
 
 def test_every_command_that_loads_data_takes_strict():

@@ -133,7 +133,7 @@ def load_dataset(
     if splits.skipped:
         where = spec.path or spec.name
         if strict:
-            raise DataError(f"{where} has {describe_unreadable(splits.skipped)}; fix or remove them, or load without strict (--strict) to leave them out")
+            raise DataError(f"{where} has {describe_unreadable(splits.skipped)}; remove or replace them (without --strict they are left out, with a warning)")
         _logger.warning("%s: left out %s", where, describe_unreadable(splits.skipped))
     return dataclasses.replace(splits, spec=spec)
 
@@ -150,7 +150,7 @@ def _cached(path: Path | None, key: str, files: dict[str, str], source: Source) 
     if extra and source.rehash(extra) != extra:
         _logger.info("dataset cache %s: images drawn in place of unreadable ones changed; rebuilding it", path)
         return None
-    _logger.info("dataset: decoded images read from the cache %s", path)
+    _logger.info("decoded images read from the cache %s", path)
     return splits
 
 
