@@ -127,7 +127,7 @@ def load_dataset(
         decoded = source.decode(picks)
         parts = decoded.parts
         splits = Splits(parts["train"], parts["val"], parts["test"], list(source.classes),
-                        fingerprint(spec, decoded.files, decoded.skipped), decoded.files, decoded.skipped)
+                        fingerprint(spec, decoded.files, decoded.skipped), dict(sorted(decoded.files.items())), decoded.skipped)
         if path is not None:
             write_cache(path, splits, key)
     if splits.skipped:
