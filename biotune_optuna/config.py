@@ -54,8 +54,8 @@ PRUNERS = ("none", "median", "successive-halving")
 PAPER_SEEDS = (684, 559, 629)
 #: Version of the stored config layout; a worker refuses a study of another version.
 CONFIG_VERSION = 1
-#: Datasets with more files than this keep only their fingerprint in the study (the dashboard
-#: reloads user attributes often: keep them small).
+#: Datasets with more files than this keep a fixed-size sketch of their files in the study
+#: instead of the list (the dashboard reloads user attributes often: keep them small).
 MAX_LISTED_FILES = 200
 
 
@@ -272,6 +272,9 @@ class StudyConfig:
         dataset_fingerprint: sha256 of the dataset's files and spec.
         dataset_files: file name → sha256 of the dataset's files, so a worker whose data differ
             can say which file (empty when there are more than :data:`MAX_LISTED_FILES`).
+        dataset_sketch: above :data:`MAX_LISTED_FILES` files, a ~3 KB sketch of them that names
+            the files that differ (``finetune/fingerprint.py``); "" otherwise, and in studies
+            made before it existed.
         classes: class names, in label order.
         blocks: block names of the model, input side first.
         recipe: training recipe.
@@ -294,6 +297,7 @@ class StudyConfig:
     classes: tuple[str, ...]
     dataset_fingerprint: str
     dataset_files: Mapping[str, str] = field(default_factory=dict)
+    dataset_sketch: str = ""
     weights_file: str | None = None
     weights_sha256: str = ""
     recipe: Recipe = field(default_factory=Recipe)

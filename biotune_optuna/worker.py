@@ -30,7 +30,7 @@ import sqlalchemy.exc
 
 from biotune_optuna.config import ConfigError, StudyConfig
 from biotune_optuna.finetune.backbones import weights_fingerprint
-from biotune_optuna.finetune.data import Splits, load_dataset
+from biotune_optuna.finetune.data import Splits, describe_difference, load_dataset
 from biotune_optuna.finetune.features import DEFAULT_MAX_BYTES
 from biotune_optuna.study import _optuna, attrs
 from biotune_optuna.study.retry import Backoff, retrying
@@ -138,12 +138,11 @@ def check_fingerprints(config: StudyConfig, splits: Splits) -> None:
     """Refuse to work on data or weights other than the study's.
 
     Raises:
-        ConfigError: naming the dataset files (or the weights file) that differ.
+        ConfigError: naming the dataset files that differ (from the study's list of them, or
+            its sketch for large datasets: finetune/fingerprint.py), or the weights file.
     """
     if splits.fingerprint != config.dataset_fingerprint:
-        stored = config.dataset_files
-        differ = sorted(f for f in set(stored) | set(splits.files) if stored.get(f) != splits.files.get(f))
-        named = ", ".join(differ[:5]) + (" …" if len(differ) > 5 else "") if differ else "the split settings"
+        named = describe_difference(config.dataset_files, config.dataset_sketch, splits.files, splits.skipped)
         raise ConfigError(f"this worker's dataset differs from the study's: {named}")
     if config.weights_sha256 and weights_fingerprint(config.model, config.weights_file) != config.weights_sha256:
         raise ConfigError(f"this worker's weights for {config.model} differ from the study's (sha256 mismatch)")
@@ -201,6 +200,7 @@ def run_worker(
     objective_factory: Callable[[StudyConfig, Splits, str], Callable] | None = None,
     cache_dir: str | os.PathLike | None = None,
     feature_cache_bytes: int = DEFAULT_MAX_BYTES,
+    strict: bool = False,
 ) -> int:
     """Evaluate trials of ``study_name`` until the search is finished (or ``max_trials``).
 
@@ -218,6 +218,7 @@ def run_worker(
             (``load_dataset(cache_dir=)``); None decodes from the files. The command line
             passes :func:`biotune_optuna.finetune.data.dataset_cache_dir` unless ``--no-cache``.
         feature_cache_bytes: memory for this worker's frozen-prefix features (0: off).
+        strict: refuse a dataset folder with unreadable image files instead of leaving them out.
 
     Returns:
         The number of trials this worker ran.
@@ -230,7 +231,7 @@ def run_worker(
     storage = connect(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period, wait_seconds=wait_seconds)
     study = wait_for_study(storage, study_name, wait_seconds)
     config = load_config(study)
-    splits = load_dataset(config.dataset, cache_dir)
+    splits = load_dataset(config.dataset, cache_dir, strict=strict)
     check_fingerprints(config, splits)
     if objective_factory is None:
         from biotune_optuna.objective import Objective

@@ -122,7 +122,7 @@ def folders(tmp_path):
         (["--dataset", "folder", "--data-path", "{tmp}/nowhere"], "nowhere"),
         (["--dataset", "folder", "--data-path", "{one}"], "class"),
         (["--dataset", "folder", "--data-path", "{empty}"], "dog"),
-        (["--dataset", "folder", "--data-path", "{broken}"], "bad.png"),
+        (["--dataset", "folder", "--data-path", "{broken}", "--strict"], "bad.png"),
         (["--population", "-3"], "--population"),
         (["--elites", "4", "--population", "4"], "elites"),
         (["--train-size", "0"], "--train-size"),

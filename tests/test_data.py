@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from biotune_optuna.finetune import data
+from biotune_optuna.finetune import data, image_folder, sources
 from biotune_optuna.config import DATASETS, DataError, DatasetSpec
 from biotune_optuna.finetune.data import ImageSet, fold_split, load_dataset, stratified_folds, to_input
 
@@ -58,6 +58,13 @@ def write_class(folder: Path, arrays, mode: str = "L", ext: str = ".png", size=N
 
 def image_keys(images: torch.Tensor) -> list[bytes]:
     return sorted(x.numpy().tobytes() for x in images)
+
+
+def assert_same_parts(a, b) -> bool:
+    for part in ("train", "val", "test"):
+        x, y = getattr(a, part), getattr(b, part)
+        assert torch.equal(x.images, y.images) and torch.equal(x.labels, y.labels), part
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,7 +130,7 @@ def test_fashion_mnist_loads_balanced_classes():
 
 
 def test_fashion_mnist_missing_package_says_how_to_install(monkeypatch, tmp_path):
-    monkeypatch.setattr(data, "FASHION_MNIST_DIR", str(tmp_path))
+    monkeypatch.setattr(sources, "FASHION_MNIST_DIR", str(tmp_path))
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         load_dataset(DatasetSpec("fashion-mnist"))
 
@@ -265,6 +272,25 @@ def test_sizes_larger_than_available_are_rejected(kwargs, message):
         load_dataset(DatasetSpec(**kwargs))
 
 
+def test_fit_takes_the_dataset_default_for_sizes_it_cannot_give_and_keeps_the_rest():
+    # The quick preset's sizes on digits (1,797 images): none fits, all fall back to 60/20/20.
+    spec = DatasetSpec("digits", image_size=8, train_size=2400, val_size=600, test_size=2000)
+    with pytest.raises(data.SizeError, match="train_size=2400 .* 838 train images"):
+        load_dataset(spec)
+    s = load_dataset(spec, fit=("train_size", "val_size", "test_size"))
+    assert (len(s.train), len(s.val), len(s.test)) == (1079, 359, 359)
+    assert (s.spec.train_size, s.spec.val_size, s.spec.test_size) == (None, None, None)
+    assert s.fingerprint == load_dataset(s.spec).fingerprint  # what a worker loads from the stored spec
+    # Sizes that fit are kept; sizes not in `fit` still fail, naming what to lower.
+    s = load_dataset(dataclass_replace(spec, train_size=500, val_size=200), fit=("test_size",))
+    assert (len(s.train), len(s.val), len(s.test)) == (500, 200, 359) and s.spec.train_size == 500
+    with pytest.raises(data.SizeError) as e:
+        load_dataset(dataclass_replace(spec, train_size=1200, val_size=None), fit=("test_size",))
+    assert (e.value.name, e.value.requested, e.value.available) == ("train_size", 1200, 1079)
+    assert e.value.worded("--train-size").startswith("--train-size 1200 is larger than the 1079 train images")
+    assert "lower --train-size to at most 1079" in e.value.worded("--train-size")
+
+
 def test_missing_path_and_file_path(tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(DataError, match=f"{missing} does not exist"):
@@ -289,10 +315,103 @@ def test_empty_class_folder_is_named(flat_folder):
         load_dataset(DatasetSpec("folder", path=str(flat_folder)))
 
 
-def test_corrupt_image_is_named(flat_folder):
-    (flat_folder / "one" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    with pytest.raises(DataError, match=r"one/broken\.png"):
-        load_dataset(DatasetSpec("folder", path=str(flat_folder)))
+def break_files(folder: Path) -> dict[str, str]:
+    """Three real broken files among the good ones, as a user's folder has them: an empty file, a
+    text file named .jpg, a PNG cut off half-way. Returns name -> what the warning must say."""
+    (folder / "one" / "empty.jpg").write_bytes(b"")
+    (folder / "two" / "notes.jpg").write_text("camera settings: f/2.8, 1/250 s\n")
+    good = (folder / "zero" / "000.png").read_bytes()
+    (folder / "zero" / "cut.png").write_bytes(good[: len(good) // 2])
+    return {"one/empty.jpg": "empty file", "two/notes.jpg": "not an image", "zero/cut.png": "truncated"}
+
+
+def remove_files(folder: Path, names) -> None:
+    for name in names:
+        (folder / name).unlink()
+
+
+def test_unreadable_images_are_left_out_with_one_warning_that_lists_them_all(flat_folder, tmp_path, caplog):
+    clean = tmp_path / "clean"
+    shutil.copytree(flat_folder, clean)
+    broken = break_files(flat_folder)
+    spec = DatasetSpec("folder", path=str(flat_folder), image_size=28)
+    with caplog.at_level("WARNING"):
+        s = load_dataset(spec)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert "3 unreadable image file(s)" in warnings[0]
+    for name, why in broken.items():
+        assert name in warnings[0] and why in s.skipped[name]
+    assert " at 0x" not in warnings[0] and "object" not in warnings[0]
+    assert sorted(s.skipped) == sorted(broken) and set(broken) <= set(s.files)
+    # Exactly the splits of the folder without them; the fingerprint still tells the two apart.
+    c = load_dataset(dataclass_replace(spec, path=str(clean)))
+    assert_same_parts(s, c)
+    assert s.fingerprint != c.fingerprint and not c.skipped
+
+
+def test_strict_refuses_naming_every_unreadable_image_and_passes_once_they_are_removed(flat_folder):
+    broken = break_files(flat_folder)
+    spec = DatasetSpec("folder", path=str(flat_folder), image_size=28)
+    with pytest.raises(DataError) as refused:
+        load_dataset(spec, strict=True)
+    message = str(refused.value)
+    assert all(name in message for name in broken) and "3 unreadable" in message and " at 0x" not in message
+    remove_files(flat_folder, broken)
+    assert not load_dataset(spec, strict=True).skipped
+
+
+def test_a_subsample_draws_other_images_in_place_of_unreadable_ones(flat_folder, tmp_path, digits_by_class):
+    # More broken files, so a small draw meets several of them.
+    for i in range(6):
+        (flat_folder / "zero" / f"zz{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(10))
+    broken = break_files(flat_folder)
+    spec = DatasetSpec("folder", path=str(flat_folder), image_size=28, train_size=20, val_size=6, test_size=5)
+    s = load_dataset(spec)
+    assert (len(s.train), len(s.val), len(s.test)) == (20, 6, 5)  # the sizes asked for, all real images
+    assert len(s.skipped) >= 2 and set(s.skipped) <= set(broken) | {f"zero/zz{i}.png" for i in range(6)}
+    drawn = image_keys(torch.cat([s.train.images, s.val.images, s.test.images])[:, 0])
+    real = {x.tobytes() for c in (0, 1, 2) for x in digits_by_class[c][:40]}
+    assert set(drawn) <= real
+    # Removing what was named gives the very same splits, with nothing to skip.
+    remove_files(flat_folder, s.skipped)
+    again = load_dataset(spec)
+    assert_same_parts(again, s) and not again.skipped
+
+
+def test_cached_load_with_unreadable_images_warns_again_and_strict_still_refuses(flat_folder, tmp_path, monkeypatch, caplog):
+    broken = break_files(flat_folder)
+    spec = DatasetSpec("folder", path=str(flat_folder), image_size=20)
+    cache = tmp_path / "cache"
+    first = load_dataset(spec, cache_dir=cache)
+    forbid_decoding(monkeypatch)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        hit = load_dataset(spec, cache_dir=cache)
+    assert_same_splits(hit, first) and hit.skipped == first.skipped
+    assert sum("3 unreadable" in r.getMessage() for r in caplog.records) == 1
+    with pytest.raises(DataError, match="zero/cut.png"):
+        load_dataset(spec, cache_dir=cache, strict=True)
+    assert sorted(first.skipped) == sorted(broken)
+
+
+def test_a_machine_that_cannot_read_an_image_gets_another_fingerprint_and_is_told_why(flat_folder, monkeypatch):
+    """Another machine's image library may fail on a file this one reads: same bytes, other
+    splits. The fingerprint covers what was left out, so the two never pass for the same data."""
+    spec = DatasetSpec("folder", path=str(flat_folder), image_size=28)
+    here = load_dataset(spec)
+    real_decode = image_folder.decode_image
+
+    def older_pillow(path, size, sha256):
+        if path.name == "003.png" and path.parent.name == "one":
+            raise image_folder.Unreadable("unsupported PNG variant")
+        return real_decode(path, size, sha256)
+
+    monkeypatch.setattr(image_folder, "decode_image", older_pillow)
+    there = load_dataset(spec)
+    assert there.files == here.files and there.fingerprint != here.fingerprint
+    said = data.describe_difference(here.files, "", there.files, there.skipped)
+    assert "the same files" in said and "one/003.png (unsupported PNG variant)" in said
 
 
 def test_class_too_small_to_split_is_named(flat_folder, digits_by_class):
@@ -394,20 +513,18 @@ def test_to_input_repeats_grayscale_and_normalises():
 
 
 def assert_same_splits(a, b) -> None:
-    for part in ("train", "val", "test"):
-        x, y = getattr(a, part), getattr(b, part)
-        assert torch.equal(x.images, y.images) and torch.equal(x.labels, y.labels), part
+    assert_same_parts(a, b)
     assert (a.classes, a.fingerprint, a.files) == (b.classes, b.fingerprint, b.files)
 
 
 def forbid_decoding(monkeypatch) -> None:
-    """Make every decode/resize path of data.py fail: a cache hit must not reach them."""
+    """Make every decode/resize path of the readers fail: a cache hit must not reach them."""
 
     def boom(*args, **kwargs):
         raise AssertionError("decoded although the cache holds this dataset")
 
-    for name in ("_decode_image", "_parse_idx", "_resize_uint8"):
-        monkeypatch.setattr(data, name, boom)
+    monkeypatch.setattr(image_folder, "decode_image", boom)
+    monkeypatch.setattr(sources, "resize_uint8", boom)
 
 
 @pytest.mark.parametrize("kind", ["mnist", "folder"])
@@ -473,6 +590,18 @@ def test_corrupt_cache_file_is_logged_recomputed_and_replaced(how, flat_folder, 
     assert any("rebuilding" in r.getMessage() and str(entry) in r.getMessage() for r in caplog.records), caplog.text
     assert how != "bit flip in the images" or "checksum mismatch" in caplog.text
     forbid_decoding(monkeypatch)  # the entry was replaced by a good one
+    assert_same_splits(load_dataset(spec, cache_dir=cache), fresh)
+
+
+def test_a_cache_entry_of_the_previous_layout_is_still_used(flat_folder, tmp_path, monkeypatch):
+    spec = DatasetSpec("folder", path=str(flat_folder), image_size=20)
+    cache = tmp_path / "cache"
+    fresh = load_dataset(spec, cache_dir=cache)
+    entry = cache / f"{fresh.fingerprint}.pt"
+    d = torch.load(entry, weights_only=True)
+    del d["key"], d["skipped"]
+    torch.save({**d, "format": 1}, entry)  # as the release before unreadable files were skipped wrote it
+    forbid_decoding(monkeypatch)
     assert_same_splits(load_dataset(spec, cache_dir=cache), fresh)
 
 

@@ -20,12 +20,15 @@ console = Console(stderr=True, soft_wrap=True)
 
 
 def settings(args: argparse.Namespace) -> dict:
-    """Defaults, then the preset, then every option given on the command line."""
+    """Defaults, then the preset, then every option given on the command line; ``from_preset``
+    names the preset's options that no option given overrides."""
     merged = dict(DEFAULTS)
-    merged.update(PRESETS.get(getattr(args, "preset", None) or "", {}))
+    preset = PRESETS.get(getattr(args, "preset", None) or "", {})
+    merged.update(preset)
     for key, value in vars(args).items():
         if value is not None:
             merged[key] = value
+    merged["from_preset"] = frozenset(k for k in preset if getattr(args, k, None) is None)
     return merged
 
 

@@ -1,6 +1,8 @@
 """Turning options into a study config: the dataset and the model are loaded here (torch).
 
-Cheap checks (sizes, names, seeds, the device) come before the dataset and model load.
+Cheap checks (sizes, names, seeds, the device) come before the dataset and model load. Sizes a
+preset sets are capped to what the dataset has (with a one-line note); sizes given on the
+command line are kept, and an error names the option to lower.
 """
 
 from __future__ import annotations
@@ -8,11 +10,14 @@ from __future__ import annotations
 import argparse
 
 from biotune_optuna.cli.common import console, parse_list, positive
-from biotune_optuna.config import BASELINE_LABELS, MAX_LISTED_FILES, ConfigError, DatasetSpec, Recipe, StudyConfig
+from biotune_optuna.config import BASELINE_LABELS, ConfigError, DataError, DatasetSpec, Recipe, StudyConfig
 from biotune_optuna.finetune.backbones import load_backbone, weights_fingerprint
-from biotune_optuna.finetune.data import Splits, dataset_cache_dir, load_dataset, stratified_folds
+from biotune_optuna.finetune.data import SizeError, Splits, dataset_cache_dir, load_dataset, stratified_folds, study_record
 from biotune_optuna.finetune.training import pick_device
 from biotune_optuna.worker import check_fingerprints
+
+
+_SIZES = ("train_size", "val_size", "test_size")
 
 
 def dataset_cache(s: dict):  # noqa: ANN201 - a Path or None
@@ -57,8 +62,7 @@ def config_from_args(s: dict) -> tuple[StudyConfig, Splits]:
         raise ConfigError("--dataset folder needs --data-path DIR")
     spec = DatasetSpec(s["dataset"], s.get("data_path"), s["image_size"], s.get("train_size"), s.get("val_size"), s.get("test_size"))
     check_device(s.get("device", "auto"))
-    with console.status(f"loading dataset {spec.name}…"):
-        splits = load_dataset(spec, dataset_cache(s))
+    splits = _load_new(spec, s)
     for part, images in (("training", splits.train), ("validation", splits.val)):
         try:
             stratified_folds(images.labels.tolist(), s["folds"])
@@ -67,10 +71,11 @@ def config_from_args(s: dict) -> tuple[StudyConfig, Splits]:
     with console.status(f"loading {s['model']}…"):
         backbone = load_backbone(s["model"], len(splits.classes), weights_file=s.get("weights_file"))
         sha = weights_fingerprint(s["model"], s.get("weights_file"))
+    listing, sketch = study_record(splits.files)
     config = StudyConfig(
-        model=s["model"], dataset=spec, blocks=tuple(backbone.blocks), classes=tuple(splits.classes),
-        dataset_fingerprint=splits.fingerprint,
-        dataset_files=splits.files if len(splits.files) <= MAX_LISTED_FILES else {}, weights_file=s.get("weights_file"), weights_sha256=sha,
+        model=s["model"], dataset=splits.spec, blocks=tuple(backbone.blocks), classes=tuple(splits.classes),
+        dataset_fingerprint=splits.fingerprint, dataset_files=listing, dataset_sketch=sketch,
+        weights_file=s.get("weights_file"), weights_sha256=sha,
         recipe=training, seeds=seeds, n_folds=s["folds"], population_size=s["population"], n_elites=s["elites"],
         n_generations=s["generations"], sampler_seed=s["sampler_seed"], mode=s["mode"], baselines=baselines,
         pruner=s["pruner"],
@@ -83,10 +88,27 @@ def config_from_args(s: dict) -> tuple[StudyConfig, Splits]:
     return config, splits
 
 
+def _load_new(spec: DatasetSpec, s: dict) -> Splits:
+    """Load the dataset of a new study: preset sizes capped (one-line note), a size given too
+    large refused naming its option (``--train-size``…), ``--strict`` honoured."""
+    fit = [n for n in _SIZES if n in s.get("from_preset", ())]
+    with console.status(f"loading dataset {spec.name}…"):
+        try:
+            splits = load_dataset(spec, dataset_cache(s), strict=bool(s.get("strict")), fit=fit)
+        except SizeError as e:
+            raise DataError(e.worded(f"--{e.name.replace('_', '-')}")) from None
+    capped = [n for n in fit if getattr(spec, n) is not None and getattr(splits.spec, n) is None]
+    if capped:
+        got = {"train_size": len(splits.train), "val_size": len(splits.val), "test_size": len(splits.test)}
+        using = ", ".join(f"{got[n]} {n[:-5]} (not {getattr(spec, n)})" for n in capped)
+        console.print(f"note: preset {s['preset']} asks for more images than {spec.path or spec.name} has; using {using}", highlight=False)
+    return splits
+
+
 def load_checked(config: StudyConfig, args: argparse.Namespace) -> Splits:
     """The study's dataset, refused (naming the files that differ) if it is not the study's."""
     with console.status(f"loading dataset {config.dataset.name}…"):
-        splits = load_dataset(config.dataset, dataset_cache(vars(args)))
+        splits = load_dataset(config.dataset, dataset_cache(vars(args)), strict=bool(getattr(args, "strict", False)))
     if splits.fingerprint != config.dataset_fingerprint:
         check_fingerprints(config, splits)  # raises, naming the files that differ
     return splits

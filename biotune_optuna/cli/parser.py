@@ -99,7 +99,7 @@ def _feature_cache_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) 
 
 
 def _cache_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """--cache-dir / --no-cache, on every command that loads a dataset."""
+    """--cache-dir / --no-cache and --strict, on every command that loads a dataset."""
     m = p.add_mutually_exclusive_group()
     m.add_argument(
         "--cache-dir", metavar="PATH",
@@ -107,6 +107,11 @@ def _cache_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None
         "settings stay the same; default $BIOTUNE_CACHE_DIR, else ~/.cache/biotune-optuna",
     )
     m.add_argument("--no-cache", action="store_true", help="decode the dataset from its files every time; read and write no cache")
+    p.add_argument(
+        "--strict", action="store_true",
+        help="refuse an image folder with unreadable files (empty, not an image, truncated), naming every one; "
+        "by default they are left out with one warning that lists them",
+    )
 
 
 def _tuning_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, recompute: bool = True) -> None:

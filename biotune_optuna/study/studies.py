@@ -20,6 +20,9 @@ from biotune_optuna.study import _optuna, attrs
 from biotune_optuna.study.sampler import BioTuneSampler
 
 _logger = logging.getLogger(__name__)
+#: Config fields that only record the dataset's files (covered by ``dataset_fingerprint``, and
+#: kept differently by other versions): not compared when a study is resumed.
+_FILE_RECORDS = ("dataset_files", "dataset_sketch")
 
 
 def make_sampler(config: StudyConfig, **overrides) -> BioTuneSampler:
@@ -117,8 +120,8 @@ def create_or_resume(
             )
         with contextlib.suppress(ConfigError):  # fields added since (e.g. pruner) take their defaults
             stored = json.loads(json.dumps(StudyConfig.from_dict(stored).to_dict()))
-        if stored != wanted:
-            diff = sorted(k for k in set(wanted) | set(stored) if stored.get(k) != wanted.get(k))
+        if {k: v for k, v in stored.items() if k not in _FILE_RECORDS} != {k: v for k, v in wanted.items() if k not in _FILE_RECORDS}:
+            diff = sorted(k for k in set(wanted) | set(stored) if stored.get(k) != wanted.get(k) and k not in _FILE_RECORDS)
 
             def shown(k: str) -> str:
                 old, new = stored.get(k), wanted.get(k)
