@@ -264,6 +264,7 @@ def run_worker(
             while not stop.is_set() and (max_trials is None or loop.ran < max_trials) and loop.step():
                 pass
         except KeyboardInterrupt:
+            _optuna.fail_own_running_trials(study)  # one stopped before its objective started
             _logger.warning("stopping on signal: the current trial (if any) is marked FAIL and its slot will be redone")
     return loop.ran
 

@@ -180,7 +180,7 @@ def test_trial_reaped_while_its_worker_runs_does_not_crash_the_worker(pg_url, wr
     storage.set_trial_state_values(trial._trial_id, FAIL)
     (log,) = finish([worker])
     # One line, not Optuna's ~45-line traceback of the write that found the trial failed.
-    assert len([line for line in log.splitlines() if "reaped" in line]) == 1, log
+    assert len([line for line in log.splitlines() if "reaped as stale" in line]) == 1, log
     assert "Traceback" not in log and "UpdateFinishedTrialError" not in log, log
     assert completed_slots(pg_url, "reaped") == expected_genomes(config)
 

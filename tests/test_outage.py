@@ -210,3 +210,16 @@ def test_status_of_a_database_without_the_schema_says_how_to_create_the_study(pg
     assert proc.returncode == 2
     assert "'mine' does not exist yet" in proc.stderr and "biotune-optuna create --study-name mine" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_a_stop_fails_the_trials_this_process_left_running(tmp_path):
+    from biotune_optuna.study import _optuna
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="s", storage=open_storage(url, create_tables=True, heartbeat_interval=1, grace_period=2))
+    done, caught = study.ask(), study.ask()  # `caught`: stopped between ask() and its objective
+    study.tell(done, 1.0)
+    other = optuna.load_study(study_name="s", storage=open_storage(url)).ask()  # another process's
+    assert _optuna.fail_own_running_trials(study) == 1
+    states = {t.number: (t.state, t.user_attrs.get("interrupted")) for t in optuna.load_study(study_name="s", storage=url).trials}
+    assert states == {done.number: (COMPLETE, None), caught.number: (FAIL, True), other.number: (RUNNING, None)}

@@ -90,6 +90,9 @@ def search(study: optuna.Study, config: StudyConfig, splits: Splits, device: str
             try:
                 study.optimize(objective, n_jobs=workers, callbacks=[on_trial], catch=(Exception,))
                 break
+            except KeyboardInterrupt:
+                _optuna.fail_own_running_trials(study)  # one stopped before its objective started
+                raise
             except Exception as e:  # noqa: BLE001 - a reaped trial is told in one line; anything else re-raised
                 if not reaped_while_running(e):
                     raise

@@ -139,6 +139,24 @@ def reap_on_heartbeat(study: optuna.Study) -> None:
         backend.reap_studies.add(study._study_id)
 
 
+def fail_own_running_trials(study: optuna.Study) -> int:
+    """After a stop (SIGTERM / SIGINT): mark FAIL, as interrupted, every trial in the storage of
+    ``study`` that this process created and that is still RUNNING — one caught between
+    ``create_new_trial`` and the objective, where neither the sampler nor Optuna fails it, would
+    otherwise hold its place until reaped. Returns how many. No-op unless the storage is a
+    :class:`DurableStorage`."""
+    backend, n = backend_of(study), 0
+    if not isinstance(backend, DurableStorage):
+        return 0
+    for trial_id in backend.unfinished_own_trials():
+        with contextlib.suppress(UpdateFinishedTrialError, KeyError):  # finished (or reaped) meanwhile
+            if backend.get_trial(trial_id).state == TrialState.RUNNING:
+                backend.set_trial_user_attr(trial_id, attrs.INTERRUPTED, True)
+                backend.set_trial_state_values(trial_id, TrialState.FAIL)
+                n += 1
+    return n
+
+
 class _Health:
     """Whether this process reaches the database: an outage is logged once, its end once.
 
@@ -230,6 +248,17 @@ class DurableStorage(RDBStorage):
         result = retry(fn, self, *args, **kwargs)
         self._health.ok()
         return result
+
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        trial = RDBStorage._create_new_trial(self, study_id, template_trial)
+        with self._lock:
+            self._own[trial._trial_id] = time.time()
+        return trial
+
+    def unfinished_own_trials(self) -> list[int]:
+        """Ids of the trials this process created or beat and has not finished itself."""
+        with self._lock:
+            return list(self._own)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         tries = []
