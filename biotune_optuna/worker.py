@@ -6,10 +6,17 @@ study's stored config (DESIGN.md, flow step 2). It
 * opens the storage without creating tables (the schema is made once, by ``create``), retrying
   with backoff while the database or the study does not exist yet;
 * refuses to run when its dataset files or weights differ from the study's, naming the file;
-* evaluates one trial at a time through ``Study.optimize`` (heartbeats on), reaps stale trials
-  of dead workers, and waits with backoff when the open generation has no free slot;
+* evaluates one trial at a time through ``Study.optimize`` (heartbeats on), and waits with
+  backoff when the open generation has no free slot;
+* reaps stale trials of dead workers from its heartbeat thread, once per heartbeat interval,
+  while it trains (and before each trial, and while it waits): a dead worker's slot is free
+  within grace period + one interval, whatever the other workers are doing;
+* rides out a database outage: heartbeats go on beating (:class:`~biotune_optuna.study._optuna.DurableStorage`),
+  the trial's writes (``report``, ``set_user_attr``, ``tell``) are retried for up to
+  ``wait_seconds``, and the outage is logged once;
 * survives a trial reaped as stale while it still runs (Optuna 5.0 raises
-  ``AssertionError: Should not reach.``), and a database outage (it reconnects);
+  ``AssertionError: Should not reach.`` or ``ValueError: Cannot tell a FAIL trial``) with one
+  log line;
 * on SIGTERM / SIGINT fails the current trial cleanly (its slot is handed out again) and
   returns normally.
 """
@@ -35,27 +42,34 @@ from biotune_optuna.finetune.features import DEFAULT_MAX_BYTES
 from biotune_optuna.study import _optuna, attrs
 from biotune_optuna.study.retry import Backoff, retrying
 from biotune_optuna.study.sampler import slot_record
-from biotune_optuna.study.storage import database_error, open_storage, redact
+from biotune_optuna.study.storage import NoSchema, StorageUnavailable, database_error, open_storage, redact
 from biotune_optuna.study.studies import load_config, make_pruner, make_sampler
 
 _logger = logging.getLogger(__name__)
 
+#: Default seconds between heartbeats of a running trial, and without one before it is failed as
+#: stale (``worker --heartbeat-interval / --grace-period``; ``run`` uses these).
+HEARTBEAT_INTERVAL, GRACE_PERIOD = 10, 300
+
 
 def connect(
-    url: str, *, heartbeat_interval: int = 10, grace_period: int = 300, wait_seconds: float = 300.0
+    url: str, *, heartbeat_interval: int = HEARTBEAT_INTERVAL, grace_period: int = GRACE_PERIOD, wait_seconds: float = 300.0
 ) -> optuna.storages.RDBStorage:
-    """Open ``url`` (no table creation, heartbeats on), retrying with backoff (1 s, doubling, ≤ 30 s).
+    """Open ``url`` (no table creation, heartbeats on), retrying with backoff (1 s, doubling, ≤ 30 s)
+    while the server cannot be reached or has no Optuna schema yet (``create`` has not run).
+    Calls on a running trial are then retried through outages for up to ``wait_seconds``.
 
     Raises:
-        ConfigError: if the database stays unreachable (or without an Optuna schema) for
-            ``wait_seconds``; the message hides the password.
+        ConfigError: at once for an error that cannot heal (wrong password, missing database,
+            unparseable URL, missing driver); after ``wait_seconds`` if the server stays
+            unreachable or without schema. The message hides the password.
     """
 
     def log(error: BaseException, pause: float) -> None:
         _logger.warning("%s; retrying in %.0f s", error, pause)
 
-    retry = retrying(within=wait_seconds, first=1.0, maximum=30.0, retry=lambda e: isinstance(e, ConfigError), on_retry=log)
-    return retry(open_storage, url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    retry = retrying(within=wait_seconds, first=1.0, maximum=30.0, retry=lambda e: isinstance(e, (StorageUnavailable, NoSchema)), on_retry=log)
+    return retry(open_storage, url, heartbeat_interval=heartbeat_interval, grace_period=grace_period, retry_within=wait_seconds)
 
 
 class _NotYet(Exception):
@@ -161,7 +175,7 @@ def publish_quietly(study: optuna.Study, config: StudyConfig) -> None:
 _DATABASE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
 
 
-def _reaped_while_running(error: BaseException) -> bool:
+def reaped_while_running(error: BaseException) -> bool:
     """True for the ways Optuna 5.0 reports that this worker's trial was failed by someone else
     (the stale-trial reaper, the dashboard) while it ran: ``AssertionError: Should not reach.``
     from ``optimize``, ``ValueError: Cannot tell a FAIL trial.``, or
@@ -194,8 +208,8 @@ def run_worker(
     *,
     device: str = "auto",
     max_trials: int | None = None,
-    heartbeat_interval: int = 10,
-    grace_period: int = 300,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL,
+    grace_period: int = GRACE_PERIOD,
     wait_seconds: float = 300.0,
     objective_factory: Callable[[StudyConfig, Splits, str], Callable] | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -225,6 +239,8 @@ def run_worker(
 
     Raises:
         ConfigError: unreachable database, missing study, or a dataset/weights mismatch.
+        KeyboardInterrupt: SIGINT (or SIGTERM, where the caller turns it into one, as the
+            command line does) before the worker joined; after, a signal ends the loop cleanly.
     """
     # Heartbeats and fail_stale_trials are marked experimental in Optuna 5.0; workers rely on them on purpose.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -241,15 +257,30 @@ def run_worker(
         objective = objective_factory(config, splits, device)
     study.sampler = make_sampler(config, claim_timeout=float(grace_period))
     study.pruner = make_pruner(config)
+    _optuna.reap_on_heartbeat(study)
     _logger.info("worker joined study %r in %s", study_name, redact(url))
     loop = _Loop(study, config, objective, url)
-    with _stopped_by_signals() as stop:
+    with _stopped_by_signals() as stop, _quiet_reaped_trials():
         try:
             while not stop.is_set() and (max_trials is None or loop.ran < max_trials) and loop.step():
                 pass
         except KeyboardInterrupt:
+            _optuna.fail_own_running_trials(study)  # one stopped before its objective started
             _logger.warning("stopping on signal: the current trial (if any) is marked FAIL and its slot will be redone")
     return loop.ran
+
+
+@contextmanager
+def _quiet_reaped_trials() -> Iterator[None]:
+    """Drop Optuna's traceback (~45 lines) for a trial whose writes found it failed by another
+    worker: :meth:`_Loop.step` says it in one line."""
+    quiet = _optuna.FailedTrialLog(optuna.exceptions.UpdateFinishedTrialError, lambda n: None)
+    log = logging.getLogger(_optuna.OPTIMIZE_LOGGER)
+    log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        log.removeFilter(quiet)
 
 
 @contextmanager
@@ -308,7 +339,7 @@ class _Loop:
             self.ran += 1
             self.outage.reset()
         except Exception as e:  # noqa: BLE001 - sorted below; anything else is re-raised
-            if _reaped_while_running(e):
+            if reaped_while_running(e):
                 _logger.warning("a trial of this worker was reaped as stale while it ran; its result is lost and its slot will be redone")
                 return True
             cause = _database_cause(e)

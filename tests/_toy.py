@@ -27,6 +27,7 @@ def toy_fitness(genome) -> float:
 def factory(config, splits, device):
     delay = float(os.environ.get("TOY_DELAY", "0.05"))
     slow_slot = os.environ.get("TOY_SLOW_SLOT")  # "generation,slot" that takes TOY_SLOW_DELAY s
+    # TOY_REPORT=1: report an intermediate value every 0.25 s while sleeping (writes in flight).
 
     def objective(trial):
         genome = [trial.suggest_float(n, 0.0, 1.0) for n in param_names(config.blocks)]
@@ -37,7 +38,14 @@ def factory(config, splits, device):
         if slow_slot and f"{rec.get('generation')},{rec.get('slot')}" == slow_slot:
             pause = float(os.environ.get("TOY_SLOW_DELAY", "5"))
         try:
-            time.sleep(pause)
+            if os.environ.get("TOY_REPORT"):  # write while "training", as the real objective does each epoch
+                end, step = time.monotonic() + pause, 0
+                while time.monotonic() < end:
+                    time.sleep(min(0.25, max(0.0, end - time.monotonic())))
+                    trial.report(0.5, step)
+                    step += 1
+            else:
+                time.sleep(pause)
         except KeyboardInterrupt:  # as biotune_optuna.objective.Objective does
             trial.set_user_attr("interrupted", True)
             raise
@@ -54,4 +62,4 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(process)d %(message)s")
     url, name = sys.argv[1], sys.argv[2]
     grace = int(os.environ.get("TOY_GRACE", "4"))
-    run_worker(url, name, objective_factory=factory, heartbeat_interval=1, grace_period=grace, wait_seconds=120)
+    run_worker(url, name, objective_factory=factory, heartbeat_interval=1, grace_period=grace, wait_seconds=float(os.environ.get("TOY_WAIT", "120")))

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from biotune_optuna.cli.parser import DEFAULTS, PRESETS
 from biotune_optuna.config import ConfigError, StudyConfig
-from biotune_optuna.study.storage import open_storage, redact
+from biotune_optuna.study.storage import NoSchema, open_storage, redact
 from biotune_optuna.study.studies import load_config, make_sampler
 
 console = Console(stderr=True, soft_wrap=True)
@@ -90,7 +90,13 @@ def open_study(args: argparse.Namespace) -> tuple[optuna.Study, StudyConfig]:
         ConfigError: unreachable storage, no such study, or not a BioTune study.
     """
     url = storage_url(args)
-    storage = open_storage(url)
+    try:
+        storage = open_storage(url)
+    except NoSchema:
+        raise ConfigError(
+            f"study {args.study_name!r} does not exist yet: {redact(url)} has no Optuna tables; create it with "
+            f"`biotune-optuna create --study-name {args.study_name} [options]` on the same storage (or `biotune-optuna run`)"
+        ) from None
     try:
         study = optuna.load_study(study_name=args.study_name, storage=storage)
     except KeyError:

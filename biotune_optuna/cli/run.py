@@ -1,9 +1,20 @@
 """``biotune-optuna run``: the whole job on one machine — create or resume the study, search
-with local worker threads, then the final report."""
+with local worker threads, then the final report.
+
+One ``run`` per output folder at a time: a second one started while the first is alive refuses
+in one line (it would write the same report files). Trials of ``run`` carry heartbeats like a
+worker's, so ``run`` and ``worker`` processes can share a study (PostgreSQL, ``--storage``):
+only trials whose heartbeat is older than the grace period are failed as stale, and, on the
+embedded SQLite default, trials of a ``run`` of this host that no longer exists.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -16,11 +27,11 @@ from biotune_optuna.config import ConfigError, StudyConfig
 from biotune_optuna.finetune.data import Splits
 from biotune_optuna.objective import Objective
 from biotune_optuna.search import accuracy_of, decode
-from biotune_optuna.study import attrs
+from biotune_optuna.study import _optuna, attrs
 from biotune_optuna.study.sampler import slot_record
 from biotune_optuna.study.storage import default_storage, open_storage, redact
-from biotune_optuna.study.studies import create_or_resume, fail_orphaned_trials, make_pruner, make_sampler, search_state
-from biotune_optuna.worker import describe_pruned, publish_quietly
+from biotune_optuna.study.studies import create_or_resume, fail_trials_of_gone_processes, make_pruner, make_sampler, search_state
+from biotune_optuna.worker import GRACE_PERIOD, HEARTBEAT_INTERVAL, describe_pruned, publish_quietly, reaped_while_running
 
 
 def _trial_line(trial: optuna.trial.FrozenTrial, config: StudyConfig) -> str | None:
@@ -49,7 +60,8 @@ def search(study: optuna.Study, config: StudyConfig, splits: Splits, device: str
         return
     failures: list[int] = []
     columns = (TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
-    with Progress(*columns, console=console, transient=False) as progress:
+    # In a file or pipe a progress bar is only its last frame, squeezed to 80 columns: trial lines say it all.
+    with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as progress:
         task = progress.add_task("", total=config.n_evaluations, completed=sampler.search_state(study).resolved)
 
         def on_epoch(number: int, seed_index: int, epoch: int, acc: float) -> None:
@@ -74,29 +86,70 @@ def search(study: optuna.Study, config: StudyConfig, splits: Splits, device: str
                     study.stop()
 
         objective = Objective(config, splits, device, on_epoch, feature_cache_bytes=cache_bytes)
-        study.optimize(objective, n_jobs=workers, callbacks=[on_trial], catch=(Exception,))
+        while True:
+            try:
+                study.optimize(objective, n_jobs=workers, callbacks=[on_trial], catch=(Exception,))
+                break
+            except KeyboardInterrupt:
+                _optuna.fail_own_running_trials(study)  # one stopped before its objective started
+                raise
+            except Exception as e:  # noqa: BLE001 - a reaped trial is told in one line; anything else re-raised
+                if not reaped_while_running(e):
+                    raise
+                progress.console.print(
+                    f"[yellow]a trial was failed by another process while it ran (no heartbeat for {GRACE_PERIOD} s): "
+                    "its result is lost, its slot will be redone"
+                )
     if failures:
         raise ConfigError(f"the search stopped after trials {failures} failed; fix the cause and run the same command to resume")
 
 
+@contextlib.contextmanager
+def one_run_per_folder(out: Path, name: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``out`` (file ``.biotune-run.lock``, released when the process
+    ends, however it ends) while ``run`` uses the folder.
+
+    Raises:
+        ConfigError: another live process holds it (its pid is named).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".biotune-run.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise ConfigError(
+                f"study {name!r} is already being run in {out} (process {holder}); wait for it to finish or stop it, "
+                "then run the same command again"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
+
+
 def run(args: argparse.Namespace) -> int:
-    """``run``: create or resume, search, report."""
+    """``run``: create or resume, search, report (one ``run`` per output folder at a time)."""
     s = settings(args)
     cache_bytes = feature_cache_bytes(s["feature_cache_mb"])  # checked before anything is stored
     spec = tune_spec(args)
     config, splits = config_from_args(s)
     name = s.get("study_name") or f"biotune-{config.dataset.name}-{config.model}"
     out = Path(s.get("out") or Path("biotune-runs") / name)
-    url = s.get("storage") or default_storage(out)
-    storage = open_storage(url, create_tables=True)
-    study, resumed = create_or_resume(storage, name, config)
-    console.print(f"study [bold]{name}[/] in {redact(url)} ({'resumed' if resumed else 'created'}); at most {config.n_evaluations} evaluations × {len(config.seeds)} seed(s)")
-    if resumed and not s.get("storage"):
-        fail_orphaned_trials(study)
-    search(study, config, splits, s["device"], s["workers"], cache_bytes)
-    best_member = search_state(study, config).best
-    best = decode(best_member.genome, config.blocks, config.recipe.base_lr)
-    console.print(f"best genome: val {accuracy_of(best_member.fitness):.4f}; fine-tunes {', '.join(f'{b} (lr {lr:.2g})' for b, lr in best.lr_by_block.items())}")
-    if not args.no_report:
-        write_full_report(study, config, splits, s["device"], out, tuning=spec)
+    with one_run_per_folder(out, name):
+        url = s.get("storage") or default_storage(out)
+        storage = open_storage(url, create_tables=True, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, retry_within=GRACE_PERIOD)
+        study, resumed = create_or_resume(storage, name, config)
+        console.print(f"study [bold]{name}[/] in {redact(url)} ({'resumed' if resumed else 'created'}); at most {config.n_evaluations} evaluations × {len(config.seeds)} seed(s)")
+        if resumed and not s.get("storage"):  # this host alone uses the embedded default
+            fail_trials_of_gone_processes(study)
+        _optuna.reap_on_heartbeat(study)
+        search(study, config, splits, s["device"], s["workers"], cache_bytes)
+        best_member = search_state(study, config).best
+        best = decode(best_member.genome, config.blocks, config.recipe.base_lr)
+        console.print(f"best genome: val {accuracy_of(best_member.fitness):.4f}; fine-tunes {', '.join(f'{b} (lr {lr:.2g})' for b, lr in best.lr_by_block.items())}")
+        if not args.no_report:
+            write_full_report(study, config, splits, s["device"], out, tuning=spec)
     return 0

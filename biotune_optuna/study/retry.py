@@ -6,6 +6,10 @@ Two shapes of waiting use it:
   connecting to a database that is starting, a study that has not been created yet);
 * :class:`Backoff` — poll a condition (a free slot, a closed generation) with growing pauses,
   starting over when something happened.
+
+Which database errors are worth waiting for is decided here too (:func:`unreachable`): only those
+that heal by themselves. A wrong password, a missing database, an unparseable URL or a missing
+driver fail at once.
 """
 
 from __future__ import annotations
@@ -47,6 +51,42 @@ def retrying(
         before_sleep=before_sleep,
         reraise=True,
     )
+
+
+#: SQLSTATEs of errors that heal by waiting: connection exceptions (class 08), the server shutting
+#: down / crashed / starting up (57P01–57P03), too many connections (53300).
+_HEALING_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+
+#: Driver messages of the same (connection errors carry no SQLSTATE in psycopg2), lower case.
+_HEALING_MESSAGES = (
+    "connection refused", "could not connect", "server closed the connection", "terminating connection",
+    "the database system is", "connection timed out", "timeout expired", "no route to host",
+    "network is unreachable", "could not translate host name", "connection already closed",
+    "connection reset", "broken pipe", "ssl syscall error", "eof detected", "could not receive data",
+    "could not send data", "too many clients", "database is locked",
+)
+
+
+def unreachable(error: BaseException) -> bool:
+    """True when ``error`` (or an error it was raised from) says the database cannot be reached
+    *for now*: the server refuses or drops connections, is starting or shutting down, has no free
+    connection, its host name does not resolve yet (a container not started), or an SQLite file is
+    locked by another writer. These are retried; every other error — wrong password, missing
+    database, missing schema, unparseable URL, missing driver, a bad statement — is not.
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if getattr(error, "connection_invalidated", False):
+            return True
+        code = getattr(error, "pgcode", None) or getattr(error, "sqlstate", None)
+        if isinstance(code, str) and code.startswith(_HEALING_SQLSTATES):
+            return True
+        text = str(error).lower()
+        if any(m in text for m in _HEALING_MESSAGES):
+            return True
+        error = getattr(error, "orig", None) or error.__cause__ or error.__context__
+    return False
 
 
 class Backoff:

@@ -1,9 +1,11 @@
-"""Storage: opening an Optuna RDB storage, hiding passwords, and one retry policy.
+"""Storage: opening an Optuna RDB storage, hiding passwords, telling errors that heal from those
+that do not.
 
 On one machine the storage defaults to an SQLite file (:func:`default_storage`); sharing a study
 across machines uses PostgreSQL. Every wait on the database — a worker connecting, a study that
-has not appeared yet, an outage in the middle of a search — goes through :func:`backoff`, one
-policy built on tenacity.
+has not appeared yet, an outage in the middle of a search — goes through the one tenacity policy
+of :mod:`biotune_optuna.study.retry`; only errors that heal by waiting are retried
+(:func:`~biotune_optuna.study.retry.unreachable`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import sqlalchemy.pool
 from sqlalchemy.engine import make_url
 
 from biotune_optuna.config import ConfigError
+from biotune_optuna.study._optuna import DurableStorage
+from biotune_optuna.study.retry import unreachable
 
 _logger = logging.getLogger(__name__)
 
@@ -46,34 +50,68 @@ def default_storage(directory: str | Path) -> str:
     return f"sqlite:///{path / 'study.db'}"
 
 
+class StorageUnavailable(ConfigError):
+    """The database cannot be reached for now (server down, starting, refusing connections, host
+    not resolvable yet): worth waiting for (:func:`~biotune_optuna.study.retry.unreachable`)."""
+
+
+class NoSchema(ConfigError):
+    """The database has no Optuna tables yet: no study was ever created in it."""
+
+
 def open_storage(
-    url: str, *, create_tables: bool = False, heartbeat_interval: int | None = None, grace_period: int | None = None
+    url: str,
+    *,
+    create_tables: bool = False,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    retry_within: float = 0.0,
 ) -> optuna.storages.RDBStorage:
-    """Open an RDB storage.
+    """Open an RDB storage (a :class:`~biotune_optuna.study._optuna.DurableStorage`).
 
     Workers open it with ``create_tables=False`` (the schema is created once, by ``create`` /
     ``run``), so many workers starting together never race on schema creation.
-    PostgreSQL connections are pinged before use (``pool_pre_ping``). ``heartbeat_interval`` and
-    ``grace_period`` (seconds) turn on Optuna's heartbeats for trials run by ``optimize``.
+    PostgreSQL connections are pinged before use (``pool_pre_ping``) and give up connecting after
+    10 s. ``heartbeat_interval`` and ``grace_period`` (seconds) turn on Optuna's heartbeats for
+    trials run by ``optimize``; heartbeats then survive outages. ``retry_within`` (seconds, 0 =
+    never): how long calls on a running trial are retried while the database is unreachable.
 
     Raises:
-        ConfigError: if the database cannot be reached or has no Optuna schema; the message
-            carries the URL with its password hidden.
+        StorageUnavailable: the server cannot be reached for now (worth retrying).
+        NoSchema: the database has no Optuna tables (and ``create_tables`` is False).
+        ConfigError: anything else that cannot heal — wrong password, missing database,
+            unparseable URL, missing driver. Messages carry the URL with its password hidden.
     """
     url = driver_url(url)
-    kwargs = {"pool_pre_ping": True} if not url.startswith("sqlite") else {}
+    kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}} if url.startswith("postgresql") else {}
     try:
         with warnings.catch_warnings(), _schema_lock(url):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat args
-            return optuna.storages.RDBStorage(
+            return DurableStorage(
                 url,
                 engine_kwargs=kwargs,
                 skip_table_creation=not create_tables,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
+                retry_within=retry_within,
+                transient=unreachable,
+                describe=lambda e: database_error(e, url),
             )
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"cannot open storage {redact(url)}: {database_error(e, url)}") from None
+        reason = database_error(e, url)
+        if unreachable(e):
+            raise StorageUnavailable(f"cannot open storage {redact(url)}: {reason}") from None
+        if _no_tables(reason):
+            raise NoSchema(
+                f"no study exists in {redact(url)} yet (the database has no Optuna tables): "
+                "create one with `biotune-optuna create` (or `biotune-optuna run`)"
+            ) from None
+        raise ConfigError(f"cannot open storage {redact(url)}: {reason}") from None
+
+
+def _no_tables(reason: str) -> bool:
+    """The driver's message for a database without Optuna's tables (PostgreSQL, SQLite)."""
+    return "version_info" in reason and ("does not exist" in reason or "no such table" in reason)
 
 
 #: PostgreSQL advisory lock key held while a process sets up or checks the Optuna schema.
@@ -93,7 +131,7 @@ def _schema_lock(url: str) -> Iterator[None]:
     if not url.startswith("postgresql"):
         yield
         return
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, connect_args={"connect_timeout": 10})
     try:
         with engine.connect() as connection:
             connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import socket
 import warnings
 
 import optuna
@@ -147,14 +149,35 @@ def create_or_resume(
     return study, False
 
 
-def fail_orphaned_trials(study: optuna.Study) -> int:
-    """Mark RUNNING trials FAIL — only for a storage whose every worker is this process
-    (``run`` on the embedded default), where a RUNNING trial at start-up was left by a killed
-    run. Their slots are then handed out again. Returns how many were failed."""
-    n = 0
+def fail_trials_of_gone_processes(study: optuna.Study) -> int:
+    """Mark FAIL the RUNNING trials whose owner (user attribute ``worker`` = ``host:pid``,
+    recorded with a trial's first heartbeat) ran on this host and no longer exists, so that
+    ``run`` resumes a study left by a killed run without waiting for the grace period. Every
+    other trial is left to stale-trial reaping (heartbeats): a live worker's trial — on another
+    host, or here — is never touched. Their slots are handed out again. Returns how many were
+    failed.
+
+    Only for a storage this host alone uses (``run`` on the embedded SQLite default): another
+    machine may run a process of the same pid.
+    """
+    host, n = socket.gethostname(), 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        _optuna.fail_trial(study, _optuna.trial_id(t))
-        n += 1
+        owner_host, _, pid = str(t.user_attrs.get(attrs.WORKER, "")).rpartition(":")
+        if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # reaped meanwhile
+                _optuna.fail_trial(study, _optuna.trial_id(t))
+                n += 1
     if n:
-        _logger.warning("%d trial(s) left RUNNING by an interrupted run marked FAIL; their slots will be redone", n)
+        _logger.warning("%d trial(s) left RUNNING by a stopped process marked FAIL; their slots will be redone", n)
     return n
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, under another user
+        return True
+    return True
