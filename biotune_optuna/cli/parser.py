@@ -212,7 +212,7 @@ def _add_dashboard(sub: argparse._SubParsersAction) -> None:
     )
     dash.add_argument("--storage", help="storage URL (default $BIOTUNE_STORAGE or $BIOTUNE_STORAGE_FILE)")
     dash.add_argument("--host", default="127.0.0.1", help="address to bind; only loopback unless --allow-remote")
-    dash.add_argument("--port", type=int, default=8080)
+    dash.add_argument("--port", type=int, default=8080, help="TCP port to listen on; open http://HOST:PORT/ in a browser")
     dash.add_argument("--artifact-dir", help="artifact directory to serve")
     dash.add_argument("--allow-remote", action="store_true", help="bind to a non-loopback address (put an authenticating proxy in front!)")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from biotune_optuna.cli.common import console, feature_cache_bytes, settings
+from biotune_optuna.cli.common import console, default_study_name, feature_cache_bytes, settings
 from biotune_optuna.cli.loading import config_from_args
 from biotune_optuna.cli.report import write_full_report
 from biotune_optuna.config import ConfigError, StudyConfig
@@ -17,6 +17,7 @@ from biotune_optuna.finetune.data import Splits
 from biotune_optuna.objective import Objective
 from biotune_optuna.search import accuracy_of, decode
 from biotune_optuna.study import attrs
+from biotune_optuna.study.pacing import StopWhenFinished
 from biotune_optuna.study.sampler import slot_record
 from biotune_optuna.study.storage import default_storage, open_storage, redact
 from biotune_optuna.study.studies import create_or_resume, fail_orphaned_trials, make_pruner, make_sampler, search_state
@@ -74,7 +75,8 @@ def search(study: optuna.Study, config: StudyConfig, splits: Splits, device: str
                     study.stop()
 
         objective = Objective(config, splits, device, on_epoch, feature_cache_bytes=cache_bytes)
-        study.optimize(objective, n_jobs=workers, callbacks=[on_trial], catch=(Exception,))
+        # StopWhenFinished: no ask() once the search is finished or while no slot is free.
+        study.optimize(objective, n_jobs=workers, callbacks=[on_trial, StopWhenFinished(sampler)], catch=(Exception,))
     if failures:
         raise ConfigError(f"the search stopped after trials {failures} failed; fix the cause and run the same command to resume")
 
@@ -83,11 +85,14 @@ def run(args: argparse.Namespace) -> int:
     """``run``: create or resume, search, report."""
     s = settings(args)
     cache_bytes = feature_cache_bytes(s["feature_cache_mb"])  # checked before anything is stored
+    # A given --storage is opened (reachable, credentials) before the dataset loads; the
+    # default SQLite file only once the options are known to be good (no stray study.db).
+    early = open_storage(s["storage"], create_tables=True) if s.get("storage") else None
     config, splits = config_from_args(s)
-    name = s.get("study_name") or f"biotune-{config.dataset.name}-{config.model}"
+    name = s.get("study_name") or default_study_name(s)
     out = Path(s.get("out") or Path("biotune-runs") / name)
     url = s.get("storage") or default_storage(out)
-    storage = open_storage(url, create_tables=True)
+    storage = early or open_storage(url, create_tables=True)
     study, resumed = create_or_resume(storage, name, config)
     console.print(f"study [bold]{name}[/] in {redact(url)} ({'resumed' if resumed else 'created'}); {config.n_evaluations} evaluations × {len(config.seeds)} seed(s)")
     if resumed and not s.get("storage"):

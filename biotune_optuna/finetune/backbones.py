@@ -39,7 +39,7 @@ from torch import nn
 
 from biotune_optuna.config import ConfigError
 
-__all__ = ["Backbone", "BackboneError", "available_models", "load_backbone", "weights_fingerprint"]
+__all__ = ["Backbone", "BackboneError", "available_models", "check_model", "load_backbone", "weights_fingerprint"]
 
 
 class BackboneError(ConfigError):
@@ -393,6 +393,17 @@ def _load_in_order(model: nn.Module, state: dict[str, torch.Tensor], name: str, 
 
 # ---------------------------------------------------------------------------------------------
 # Building
+
+
+def check_model(name: str, weights_file: str | os.PathLike | None = None) -> None:
+    """Refuse an unknown model name or a missing weights file without building the model (cheap:
+    the command line runs it before the dataset loads).
+
+    Raises:
+        BackboneError: the same one-line messages as :func:`load_backbone` (pretrained).
+    """
+    _check_name(name)
+    _weights_path(name, weights_file)
 
 
 def _check_name(name: str) -> None:
