@@ -136,7 +136,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     )
     _study_options(run)
     g = run.add_argument_group("execution")
-    g.add_argument("--study-name", help="study name (default biotune-DATASET-MODEL)")
+    g.add_argument("--study-name", help="study name (default biotune-DATASET-MODEL; for --dataset folder biotune-folder-FOLDERNAME-MODEL)")
     g.add_argument("--out", help="directory for the study database and the report (default biotune-runs/STUDY)")
     g.add_argument("--storage", help="storage URL instead of the embedded SQLite file (e.g. postgresql://...)")
     g.add_argument("--workers", type=int, default=1, help="local worker threads evaluating trials in parallel")
