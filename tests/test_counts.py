@@ -165,3 +165,16 @@ def test_workers_counts_add_up_to_the_evaluations_and_a_reaped_trial_is_counted_
     for t in study.trials:
         if state_of(t) != "claimed":
             assert t.user_attrs[NOT_AN_EVALUATION]
+
+
+@pytest.mark.slow
+def test_run_with_two_worker_threads_stops_by_itself_with_every_slot_evaluated_once(tmp_path):
+    from test_cli import TINY, cli
+
+    proc = cli("run", *TINY, "--workers", "2", "--no-report", "--study-name", "two", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    study = optuna.load_study(study_name="two", storage=f"sqlite:///{tmp_path / 'biotune-runs' / 'two' / 'study.db'}")
+    claimed = [t for t in study.trials if state_of(t) == "claimed"]
+    slots = {(t.system_attrs[SLOT]["generation"], t.system_attrs[SLOT]["slot"]) for t in claimed}
+    assert len(claimed) == len(slots) == 7 and {t.state for t in claimed} == {COMPLETE}
+    assert all(t.user_attrs[NOT_AN_EVALUATION] for t in study.trials if t not in claimed)
