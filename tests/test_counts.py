@@ -102,7 +102,7 @@ def status(url: str, name: str, cwd) -> str:  # noqa: ANN001
 
 
 def test_status_shows_interrupted_attempts_as_interrupted_not_failed(tmp_path):
-    study, config, url = new_study(tmp_path, population=4, elites=1, generations=1)
+    study, _, url = new_study(tmp_path, population=4, elites=1, generations=1)
 
     def stopped(trial):
         trial.suggest_float("gene_stem", 0, 1)

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     url = storage_url(args)
     storage = open_storage(url, create_tables=True)  # reachable, credentials right: before the dataset loads
     config, _ = config_from_args(settings(args))
-    study, resumed = create_or_resume(storage, args.study_name, config)
+    _, resumed = create_or_resume(storage, args.study_name, config)
     verb = "exists already with this config" if resumed else "created"
     console.print(
         f"study [bold]{escape(args.study_name)}[/] {verb} in {escape(redact(url))}: {config.n_evaluations} evaluations × "
