@@ -31,6 +31,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import optuna
 import sqlalchemy.exc
@@ -44,6 +45,7 @@ from biotune_optuna.study.retry import Backoff, retrying
 from biotune_optuna.study.sampler import slot_record
 from biotune_optuna.study.storage import NoSchema, StorageUnavailable, database_error, open_storage, redact
 from biotune_optuna.study.studies import load_config, make_pruner, make_sampler
+from biotune_optuna.study.tally import interrupted
 
 _logger = logging.getLogger(__name__)
 
@@ -215,7 +217,7 @@ def run_worker(
     cache_dir: str | os.PathLike | None = None,
     feature_cache_bytes: int = DEFAULT_MAX_BYTES,
     strict: bool = False,
-) -> int:
+) -> WorkerSummary:
     """Evaluate trials of ``study_name`` until the search is finished (or ``max_trials``).
 
     Args:
@@ -235,7 +237,7 @@ def run_worker(
         strict: refuse a dataset folder with unreadable image files instead of leaving them out.
 
     Returns:
-        The number of trials this worker ran.
+        How many trials this worker evaluated, and how many it lost (reaped while running).
 
     Raises:
         ConfigError: unreachable database, missing study, or a dataset/weights mismatch.
@@ -262,12 +264,41 @@ def run_worker(
     loop = _Loop(study, config, objective, url)
     with _stopped_by_signals() as stop, _quiet_reaped_trials():
         try:
-            while not stop.is_set() and (max_trials is None or loop.ran < max_trials) and loop.step():
+            while not stop.is_set() and (max_trials is None or loop.summary.evaluated < max_trials) and loop.step():
                 pass
         except KeyboardInterrupt:
             _optuna.fail_own_running_trials(study)  # one stopped before its objective started
             _logger.warning("stopping on signal: the current trial (if any) is marked FAIL and its slot will be redone")
-    return loop.ran
+    return loop.summary
+
+
+@dataclass
+class WorkerSummary:
+    """What one worker did; ``str()`` gives the line the ``worker`` command prints.
+
+    Attributes:
+        evaluated: trials its own objective finished: COMPLETE, PRUNED, or FAIL because the
+            evaluation raised. Trials that found the search finished (no slot) are not counted.
+        lost: its trials that another process failed as stale while they ran (their results are
+            thrown away and their slots redone).
+    """
+
+    evaluated: int = 0
+    lost: int = 0
+
+    def count(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """``optimize`` callback: count a trial that ended in this worker."""
+        rec = slot_record(trial)
+        if rec is not None and not rec.claimed:
+            return  # no slot: the search was finished when it started
+        if trial.state == optuna.trial.TrialState.FAIL and interrupted(trial):
+            self.lost += 1
+        else:
+            self.evaluated += 1
+
+    def __str__(self) -> str:
+        lost = f", {self.lost} lost (failed as stale while running: their slots are redone)" if self.lost else ""
+        return f"{self.evaluated} trial(s) evaluated{lost}"
 
 
 @contextmanager
@@ -308,7 +339,7 @@ class _Loop:
 
     def __init__(self, study: optuna.Study, config: StudyConfig, objective: Callable, url: str) -> None:
         self.study, self.config, self.objective, self.url = study, config, objective, url
-        self.ran, self.published, self.told = 0, -1, 0.0
+        self.summary, self.published, self.told = WorkerSummary(), -1, 0.0
         self.idle = Backoff(0.5, 10.0, 1.5)  # no free slot: the generation waits for running trials
         self.outage = Backoff(0.5, 30.0)  # the database does not answer
 
@@ -326,7 +357,7 @@ class _Loop:
                 self.published = len(state.populations)
                 publish_quietly(study, self.config)
             if state.finished:
-                _logger.info("the search is finished: worker exits after %d trial(s)", self.ran)
+                _logger.info("the search is finished: worker exits after %s", self.summary)
                 return False
             if not sampler.free_slots(study):
                 if time.monotonic() - self.told > 30:
@@ -335,11 +366,11 @@ class _Loop:
                 self.idle.sleep()
                 return True
             self.idle.reset()
-            study.optimize(self.objective, n_trials=1, catch=(Exception,), callbacks=[log_trial])
-            self.ran += 1
+            study.optimize(self.objective, n_trials=1, catch=(Exception,), callbacks=[log_trial, self.summary.count])
             self.outage.reset()
         except Exception as e:  # noqa: BLE001 - sorted below; anything else is re-raised
             if reaped_while_running(e):
+                self.summary.lost += 1
                 _logger.warning("a trial of this worker was reaped as stale while it ran; its result is lost and its slot will be redone")
                 return True
             cause = _database_cause(e)

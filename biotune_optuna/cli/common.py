@@ -32,6 +32,15 @@ def settings(args: argparse.Namespace) -> dict:
     return merged
 
 
+def default_study_name(s: dict) -> str:
+    """``biotune-DATASET-MODEL`` for merged settings ``s``; for ``--dataset folder`` the folder's
+    own name comes in too (``biotune-folder-flowers-resnet50``), so two folders never share a study."""
+    dataset = s["dataset"]
+    if dataset == "folder" and s.get("data_path"):
+        dataset = f"folder-{Path(s['data_path']).expanduser().resolve().name or 'root'}"
+    return f"biotune-{dataset}-{s['model']}"
+
+
 def positive(name: str, value: int | None, minimum: int = 1) -> None:
     """Refuse ``--NAME`` below ``minimum`` (None: not given).
 

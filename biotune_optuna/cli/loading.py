@@ -1,17 +1,19 @@
 """Turning options into a study config: the dataset and the model are loaded here (torch).
 
-Cheap checks (sizes, names, seeds, the device) come before the dataset and model load. Sizes a
-preset sets are capped to what the dataset has (with a one-line note); sizes given on the
-command line are kept, and an error names the option to lower.
+Cheap checks (sizes, names, seeds, the device, paths, the model name and its weights file) come
+before the dataset and model load. Sizes a preset sets are capped to what the dataset has (with a
+one-line note); sizes given on the command line are kept, and an error names the option to lower.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from biotune_optuna.cli.common import console, parse_list, positive
 from biotune_optuna.config import BASELINE_LABELS, ConfigError, DataError, DatasetSpec, Recipe, StudyConfig
-from biotune_optuna.finetune.backbones import load_backbone, weights_fingerprint
+from biotune_optuna.finetune.backbones import check_model, load_backbone, weights_fingerprint
 from biotune_optuna.finetune.data import SizeError, Splits, dataset_cache_dir, load_dataset, stratified_folds, study_record
 from biotune_optuna.finetune.training import pick_device
 from biotune_optuna.worker import check_fingerprints
@@ -31,6 +33,36 @@ def check_device(device: str) -> None:
         pick_device(device)
     except (RuntimeError, ValueError) as e:
         raise ConfigError(f"--device {device!r}: {str(e).splitlines()[0]}") from None
+
+
+def check_paths_and_model(s: dict) -> None:
+    """The checks that need neither the dataset nor the model, run before either loads: the
+    data folder exists, ``--out`` can be written, the model name is known and its weights file
+    is there.
+
+    Raises:
+        ConfigError: one line naming the option and the path or name.
+    """
+    if s.get("data_path") and not Path(s["data_path"]).is_dir():
+        raise ConfigError(f"--data-path {s['data_path']}: no such directory")
+    if s.get("out"):
+        check_writable_dir("--out", Path(s["out"]))
+    check_model(s["model"], s.get("weights_file"))
+
+
+def check_writable_dir(option: str, path: Path) -> None:
+    """Refuse a directory that cannot be created or written (nothing is created here).
+
+    Raises:
+        ConfigError: "OPTION PATH: is a file / is not writable (PARENT)".
+    """
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{option} {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: cannot write in {existing}")
 
 
 def recipe(s: dict) -> Recipe:
@@ -62,6 +94,7 @@ def config_from_args(s: dict) -> tuple[StudyConfig, Splits]:
         raise ConfigError("--dataset folder needs --data-path DIR")
     spec = DatasetSpec(s["dataset"], s.get("data_path"), s["image_size"], s.get("train_size"), s.get("val_size"), s.get("test_size"))
     check_device(s.get("device", "auto"))
+    check_paths_and_model(s)
     splits = _load_new(spec, s)
     for part, images in (("training", splits.train), ("validation", splits.val)):
         try:

@@ -163,7 +163,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     )
     _study_options(run)
     g = run.add_argument_group("execution")
-    g.add_argument("--study-name", help="study name (default biotune-DATASET-MODEL)")
+    g.add_argument("--study-name", help="study name (default biotune-DATASET-MODEL; for --dataset folder biotune-folder-FOLDERNAME-MODEL)")
     g.add_argument("--out", help="directory for the study database and the report (default biotune-runs/STUDY)")
     g.add_argument("--storage", help="storage URL instead of the embedded SQLite file (e.g. postgresql://...)")
     g.add_argument("--workers", type=int, default=1, help="local worker threads evaluating trials in parallel")
@@ -243,7 +243,7 @@ def _add_dashboard(sub: argparse._SubParsersAction) -> None:
     )
     dash.add_argument("--storage", help="storage URL (default $BIOTUNE_STORAGE or $BIOTUNE_STORAGE_FILE)")
     dash.add_argument("--host", default="127.0.0.1", help="address to bind; only loopback unless --allow-remote")
-    dash.add_argument("--port", type=int, default=8080)
+    dash.add_argument("--port", type=int, default=8080, help="TCP port to listen on; open http://HOST:PORT/ in a browser")
     dash.add_argument("--artifact-dir", help="artifact directory to serve")
     dash.add_argument("--allow-remote", action="store_true", help="bind to a non-loopback address (put an authenticating proxy in front!)")
 

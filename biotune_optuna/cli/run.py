@@ -20,7 +20,7 @@ from pathlib import Path
 import optuna
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from biotune_optuna.cli.common import console, feature_cache_bytes, settings
+from biotune_optuna.cli.common import console, default_study_name, feature_cache_bytes, settings
 from biotune_optuna.cli.loading import config_from_args
 from biotune_optuna.cli.report import tune_spec, write_full_report
 from biotune_optuna.config import ConfigError, StudyConfig
@@ -28,6 +28,7 @@ from biotune_optuna.finetune.data import Splits
 from biotune_optuna.objective import Objective
 from biotune_optuna.search import accuracy_of, decode
 from biotune_optuna.study import _optuna, attrs
+from biotune_optuna.study.pacing import StopWhenFinished
 from biotune_optuna.study.sampler import slot_record
 from biotune_optuna.study.storage import default_storage, open_storage, redact
 from biotune_optuna.study.studies import create_or_resume, fail_trials_of_gone_processes, make_pruner, make_sampler, search_state
@@ -86,9 +87,10 @@ def search(study: optuna.Study, config: StudyConfig, splits: Splits, device: str
                     study.stop()
 
         objective = Objective(config, splits, device, on_epoch, feature_cache_bytes=cache_bytes)
+        # StopWhenFinished: no ask() once the search is finished or while no slot is free.
         while True:
             try:
-                study.optimize(objective, n_jobs=workers, callbacks=[on_trial], catch=(Exception,))
+                study.optimize(objective, n_jobs=workers, callbacks=[on_trial, StopWhenFinished(sampler)], catch=(Exception,))
                 break
             except KeyboardInterrupt:
                 _optuna.fail_own_running_trials(study)  # one stopped before its objective started
@@ -135,12 +137,16 @@ def run(args: argparse.Namespace) -> int:
     s = settings(args)
     cache_bytes = feature_cache_bytes(s["feature_cache_mb"])  # checked before anything is stored
     spec = tune_spec(args)
+    # A given --storage is opened (reachable, credentials) before the dataset loads; the
+    # default SQLite file only once the options are known to be good (no stray study.db).
+    heartbeats = dict(heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, retry_within=GRACE_PERIOD)
+    early = open_storage(s["storage"], create_tables=True, **heartbeats) if s.get("storage") else None
     config, splits = config_from_args(s)
-    name = s.get("study_name") or f"biotune-{config.dataset.name}-{config.model}"
+    name = s.get("study_name") or default_study_name(s)
     out = Path(s.get("out") or Path("biotune-runs") / name)
     with one_run_per_folder(out, name):
         url = s.get("storage") or default_storage(out)
-        storage = open_storage(url, create_tables=True, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, retry_within=GRACE_PERIOD)
+        storage = early or open_storage(url, create_tables=True, **heartbeats)
         study, resumed = create_or_resume(storage, name, config)
         console.print(f"study [bold]{name}[/] in {redact(url)} ({'resumed' if resumed else 'created'}); at most {config.n_evaluations} evaluations × {len(config.seeds)} seed(s)")
         if resumed and not s.get("storage"):  # this host alone uses the embedded default

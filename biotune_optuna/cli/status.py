@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from datetime import datetime, timedelta
 
 import optuna
@@ -13,8 +14,24 @@ from biotune_optuna.cli.common import open_study
 from biotune_optuna.search import accuracy_of, decode
 from biotune_optuna.study import attrs
 from biotune_optuna.study.sampler import slot_record
+from biotune_optuna.study.tally import interrupted
 
 _STATES = optuna.trial.TrialState
+
+
+def _outcome(t: optuna.trial.FrozenTrial) -> str:
+    """A trial's state as people read it: a FAIL is "failed" (its evaluation raised) or
+    "interrupted" (its worker was stopped or died: not the genome's fault)."""
+    if t.state == _STATES.FAIL:
+        return "interrupted" if interrupted(t) else "failed"
+    return t.state.name.lower()
+
+
+def _counts(items) -> str:  # noqa: ANN001 - iterable of outcome names
+    """``"7 complete, 1 interrupted"`` in a fixed order, zero counts left out."""
+    counts = Counter(items)
+    order = ("complete", "pruned", "running", "failed", "interrupted", "waiting")
+    return ", ".join(f"{counts[k]} {k}" for k in order if counts[k])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,29 +40,31 @@ def run(args: argparse.Namespace) -> int:
     sampler = study.sampler
     state = sampler.search_state(study)
     trials = study.get_trials(deepcopy=False)
-    records = [(t, slot_record(t)) for t in trials]
-    # Trials started after the search was finished are pruned at once by the sampler: not evaluations.
-    counts = {s.name: sum(1 for t, r in records if t.state == s and (r is None or r.state != "finished")) for s in _STATES}
+    # Trials that found the search finished have no slot and trained nothing: not evaluations.
+    records = [(t, r) for t in trials if ((r := slot_record(t)) is None or r.state != "finished")]
     table = Table(title=f"{study.study_name}: {config.model} on {config.dataset.name}")
     table.add_column("")
     table.add_column("")
     table.add_row("generation", "finished" if state.finished else f"{state.generation} of {config.n_generations}")
     if not state.finished:
         n_slots = sampler.config.n_slots(state.generation)
-        in_open = [(t, r) for t, r in records if r is not None and r.generation == state.generation]
-        running = sum(1 for t, _ in in_open if t.state == _STATES.RUNNING)
-        failed = sum(1 for t, _ in in_open if t.state == _STATES.FAIL)
+        in_open = [t for t, r in records if r is not None and r.generation == state.generation]
+        running = sum(1 for t in in_open if t.state == _STATES.RUNNING)
         free = len(sampler.free_slots(study))
         skipped = sum(1 for g, _ in state.skipped if g == state.generation)  # elites selecting no block
-        waiting = sum(1 for p in state.proposals if p is None)
-        done = n_slots - running - free - waiting - skipped
+        not_open = sum(1 for p in state.proposals if p is None)
+        done = n_slots - running - free - not_open - skipped
         table.add_row(
             "slots",
-            f"{done} done, {running} running, {free} free, {waiting} not open yet, "
+            f"{done} done, {running} running, {free} free, {not_open} not open yet, "
             + (f"{skipped} skipped (elite selects no block: no hill climb), " if skipped else "")
-            + f"{failed} failed attempts (of {n_slots})",
+            + f"(of {n_slots})",
         )
-    table.add_row("trials", ", ".join(f"{n} {k.lower()}" for k, n in counts.items() if n))
+        fails = Counter(_outcome(t) for t in in_open if t.state == _STATES.FAIL)
+        if fails:
+            why = {"failed": "the evaluation raised", "interrupted": "the worker was stopped or died"}
+            table.add_row("attempts redone", ", ".join(f"{fails[k]} {k} ({why[k]})" for k in why if fails[k]))
+    table.add_row("trials", _counts(_outcome(t) for t, _ in records) or "none yet")
     if config.pruner != "none":
         table.add_row("pruner", config.pruner)
     recent = datetime.now() - timedelta(minutes=10)

@@ -17,11 +17,11 @@ def run(args: argparse.Namespace) -> int:
     check_device(args.device)
     if not 0 < args.heartbeat_interval < args.grace_period:
         raise ConfigError("--heartbeat-interval must be > 0 and smaller than --grace-period")
-    ran = run_worker(
+    summary = run_worker(
         storage_url(args), args.study_name, device=args.device, max_trials=args.max_trials,
         heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period, wait_seconds=args.wait,
         cache_dir=dataset_cache(vars(args)), feature_cache_bytes=feature_cache_bytes(args.feature_cache_mb),
         strict=args.strict,
     )
-    console.print(f"worker done: {ran} trial(s) evaluated")
+    console.print(f"worker done: {summary}")
     return 0

@@ -44,11 +44,12 @@ from biotune_optuna.finetune.weights import (
     read_state,
     weights_path,
     available_models,
+    check_model,
     check_name,
     weights_fingerprint,
 )
 
-__all__ = ["Backbone", "BackboneError", "available_models", "load_backbone", "weights_fingerprint"]
+__all__ = ["Backbone", "BackboneError", "available_models", "check_model", "load_backbone", "weights_fingerprint"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -156,3 +156,14 @@ def load_in_order(model: nn.Module, state: dict[str, torch.Tensor], name: str, p
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def check_model(name: str, weights_file: str | os.PathLike | None = None) -> None:
+    """Refuse an unknown model name or a missing weights file without building the model (cheap:
+    the command line runs it before the dataset loads).
+
+    Raises:
+        BackboneError: the same one-line messages as ``load_backbone`` (pretrained).
+    """
+    check_name(name)
+    weights_path(name, weights_file)

@@ -299,10 +299,15 @@ def _write_pngs(figures: Mapping[str, go.Figure], paths: Mapping[str, Path]) -> 
     kaleido.write_fig_from_object_sync(specs, kopts={"path": browser, "mathjax": False})
 
 
-def _table_html(table: str) -> str:
+def _table_html(table: str, title: str) -> str:
+    """``table`` (HTML, or Markdown) as HTML, without a leading Markdown heading that repeats
+    the page's ``title`` (report.to_markdown starts with one; the page has its own <h1>)."""
     text = table.strip()
     if text.startswith("<"):
         return text
+    first, _, rest = text.partition("\n")
+    if first.lstrip("#").strip() == title.strip() and first.startswith("#"):
+        text = rest.strip()
     try:  # Markdown (e.g. report.to_markdown): markdown-it comes with rich
         import markdown_it
 
@@ -328,7 +333,7 @@ def _report_html(figures: Mapping[str, go.Figure], title: str, table_html: str |
         f"<h1>{html.escape(title)}</h1>",
     ]
     if table_html:
-        parts.append(f'<section id="table">{_table_html(table_html)}</section>')
+        parts.append(f'<section id="table">{_table_html(table_html, title)}</section>')
     for i, (name, fig) in enumerate(figures.items()):
         heading = fig.layout.title.text or name
         div = fig.to_html(

@@ -57,6 +57,10 @@ CACHED_PREFIX = "cached_prefix"
 SKIPPED = "skipped"
 #: The exception of a failed evaluation, first 500 characters.
 ERROR = "error"
+#: On a trial that found the search already finished (slot record ``finished``): why it is
+#: PRUNED without params. ``run`` and workers stop before asking, so only a worker that lost a
+#: race for the last slot makes one; shown in optuna-dashboard so that nobody takes it for a result.
+NOT_AN_EVALUATION = "not_an_evaluation"
 
 
 @dataclass(frozen=True)

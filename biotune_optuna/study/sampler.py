@@ -19,8 +19,10 @@ How a trial gets its genome (DESIGN.md, "Sampler" contracts):
 Trial numbers are handed out by the storage in one serialised order, so "wait for every lower
 number, then take the lowest free slot" gives each slot to exactly one live trial.
 
-When the search is finished, a new trial records ``finished``, asks ``study.stop()`` and is
-pruned at its first ``suggest`` call.
+When the search is finished, a new trial records ``finished`` (and says so in the user
+attribute :data:`~biotune_optuna.study.attrs.NOT_AN_EVALUATION`), asks ``study.stop()`` and is
+pruned at its first ``suggest`` call. ``run`` (:class:`~biotune_optuna.study.pacing.StopWhenFinished`)
+and workers look before they ask, so only the loser of a race for the very last slot makes one.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ from biotune_optuna.study.retry import Backoff
 from biotune_optuna.study.tally import Ledger
 
 _logger = logging.getLogger(__name__)
+
+#: Why a trial that found the search finished is pruned (its user attribute NOT_AN_EVALUATION).
+NO_SLOT_LEFT = "the BioTune search was already finished when this trial started: no slot, nothing trained"
 
 
 def fold_of_generation(generation: int, n_folds: int) -> int:
@@ -205,7 +210,7 @@ class BioTuneSampler(BaseSampler):
         if rec is None:
             return {}  # not ours (enqueued trial): fall back to sample_independent
         if rec.state == "finished":
-            raise optuna.TrialPruned("the BioTune search is finished: no slot left for this trial")
+            raise optuna.TrialPruned(NO_SLOT_LEFT)
         params = params_from_genome(rec.genome, self.blocks)
         return {k: v for k, v in params.items() if k in search_space}
 
@@ -267,6 +272,7 @@ class BioTuneSampler(BaseSampler):
                     state, taken, _ = self._tally(study, trials, exclude=trial_id)
                 if state.finished:
                     self._record(study, trial_id, SlotRecord("finished"))
+                    _optuna.set_user_attr(study, trial_id, attrs.NOT_AN_EVALUATION, NO_SLOT_LEFT)
                     try:
                         study.stop()
                     except RuntimeError:

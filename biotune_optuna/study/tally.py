@@ -38,6 +38,13 @@ def stand_in_value(t: FrozenTrial) -> float | None:
     return None
 
 
+def interrupted(t: FrozenTrial) -> bool:
+    """True for a FAIL trial that is not the genome's fault: its worker was stopped (user
+    attribute :data:`~attrs.INTERRUPTED`) or died and the trial was reaped as stale (no
+    :data:`~attrs.FAILED`, which only the trial's own worker writes when its evaluation raised)."""
+    return not t.system_attrs.get(attrs.FAILED) or bool(t.user_attrs.get(attrs.INTERRUPTED))
+
+
 @dataclass
 class Tally:
     """Results and failure counts folded in from the trials numbered below ``upto``.
@@ -77,10 +84,10 @@ class Tally:
         elif t.state == TrialState.RUNNING and held is not None:
             held.add(key)
         elif t.state == TrialState.FAIL:
-            if t.system_attrs.get(attrs.FAILED) and not t.user_attrs.get(attrs.INTERRUPTED):
-                self.failures[key] += 1
-            else:
+            if interrupted(t):
                 self.interruptions[key] += 1
+            else:
+                self.failures[key] += 1
 
 
 class Ledger:
