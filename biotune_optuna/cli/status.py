@@ -54,12 +54,10 @@ def run(args: argparse.Namespace) -> int:
         skipped = sum(1 for g, _ in state.skipped if g == state.generation)  # elites selecting no block
         not_open = sum(1 for p in state.proposals if p is None)
         done = n_slots - running - free - not_open - skipped
-        table.add_row(
-            "slots",
-            f"{done} done, {running} running, {free} free, {not_open} not open yet, "
-            + (f"{skipped} skipped (elite selects no block: no hill climb), " if skipped else "")
-            + f"(of {n_slots})",
-        )
+        parts = [f"{done} done", f"{running} running", f"{free} free", f"{not_open} not open yet"]
+        if skipped:
+            parts.append(f"{skipped} skipped (elite selects no block: no hill climb)")
+        table.add_row("slots", ", ".join(parts) + f" (of {n_slots})")
         fails = Counter(_outcome(t) for t in in_open if t.state == _STATES.FAIL)
         if fails:
             why = {"failed": "the evaluation raised", "interrupted": "the worker was stopped or died"}
