@@ -21,6 +21,7 @@ from biotune_optuna.study.storage import open_storage
 from biotune_optuna.study.studies import create_or_resume, make_sampler
 from biotune_optuna.worker import WorkerSummary
 from test_plots import fake_objective, small_config
+from test_distributed import _no_leftover_workers  # noqa: F401 - autouse: no worker outlives its test
 
 COMPLETE, FAIL, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED
 
