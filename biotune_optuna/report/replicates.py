@@ -137,9 +137,11 @@ class Runner:
         workers: threads per search.
         feature_cache_bytes: frozen-prefix feature memory per search (0: off).
         cache_dir: dataset cache folder for fresh data draws (None: no cache).
-        exclusive: this process is the storage's only user, so trials left RUNNING by a killed
-            run are failed (and their slots redone) in every replicate's studies; otherwise only
-            in the BioTune studies made for replicates, never in the study given.
+        exclusive: this process is the storage's only user. A trial left RUNNING by a killed
+            run holds its BioTune slot, so on resume it is failed (its slot redone): in every
+            replicate's BioTune study when exclusive, else only in those made for replicates,
+            never in the study given (its workers may be running). Optuna's other samplers need
+            nothing: their searches count finished trials.
         log: one line of progress.
     """
 
