@@ -9,11 +9,13 @@ import argparse
 import optuna
 
 from biotune_optuna.cli.common import console, feature_cache_bytes, open_study, parse_list, positive, report_dir, storage_url
-from biotune_optuna.cli.loading import check_device, load_checked
+from biotune_optuna.cli.loading import check_device, dataset_cache, load_checked
 from biotune_optuna.cli.report import tune_spec, write_full_report
-from biotune_optuna.config import BASELINE_LABELS, SAMPLER_LABELS
+from biotune_optuna.config import BASELINE_LABELS, SAMPLER_LABELS, StudyConfig
+from biotune_optuna.finetune.data import Splits
 from biotune_optuna.objective import Objective
 from biotune_optuna.report.comparison import run_search
+from biotune_optuna.report.replicates import Request, Runner, plan_replicates, run_replicates, write_replicated_report
 from biotune_optuna.study import _optuna
 from biotune_optuna.worker import describe_pruned
 
@@ -26,8 +28,12 @@ def run(args: argparse.Namespace) -> int:
     check_device(args.device)
     cache_bytes = feature_cache_bytes(args.feature_cache_mb)
     spec = tune_spec(args)
+    positive("replicates", args.replicates)
+    positive("data-seed", args.data_seed, 0)
     study, config = open_study(args)
     splits = load_checked(config, args)
+    if args.replicates is not None or args.data_seed is not None:
+        return run_replicated(args, study, config, splits, samplers, baselines, cache_bytes)
     others = {}
     for key in samplers:
         console.rule(f"{SAMPLER_LABELS[key]} on the same space: {config.n_evaluations} evaluations")
@@ -44,4 +50,24 @@ def run(args: argparse.Namespace) -> int:
     out = report_dir(args, storage_url(args), study.study_name) / "compare"
     title = f"{study.study_name}: {config.model} on {config.dataset.name} — comparison"
     write_full_report(study, config, splits, args.device, out, baselines, others, tuning=spec, recompute=args.recompute, title=title)
+    return 0
+
+
+def run_replicated(
+    args: argparse.Namespace, study: optuna.Study, config: StudyConfig, splits: Splits,
+    samplers: tuple[str, ...], baselines: tuple[str, ...], cache_bytes: int,
+) -> int:
+    """``compare --replicates R [--data-seed S]``: every replicate (resumable), then the
+    replicated report (per-replicate rows, spreads, paired differences) in report.json / report.md."""
+    plans = plan_replicates(study.study_name, config, args.replicates or 1, args.data_seed)
+    out = report_dir(args, storage_url(args), study.study_name)
+    runner = Runner(
+        _optuna.storage_of(study), args.device, args.workers, cache_bytes, dataset_cache(vars(args)), log=console.print,
+    )
+    request = Request(samplers, baselines, config.seeds)
+    records = run_replicates(runner, study.study_name, config, splits, plans, request, out / "replicates")
+    title = f"{study.study_name}: {config.model} on {config.dataset.name}, {len(records)} replicate(s)"
+    json_path, md_path, text = write_replicated_report(records, out, title, {"study": study.study_name, "config": config.to_dict()})
+    print(text)
+    console.print(f"report written: {json_path}, {md_path} (raw results per replicate in {out / 'replicates'})")
     return 0

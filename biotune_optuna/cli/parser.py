@@ -227,6 +227,17 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     compare.add_argument("--baselines", default="all", help=f"comma-separated from {', '.join(BASELINE_LABELS)}, or all, or empty")
     compare.add_argument("--samplers", default="", help=f"comma-separated from {', '.join(SAMPLER_LABELS)}, or all; each costs a whole search")
     compare.add_argument("--workers", type=int, default=1, help="local worker threads for the sampler searches")
+    compare.add_argument(
+        "--replicates", type=int, metavar="R",
+        help="repeat the whole pipeline R times (data draw, folds, sampler seed, searches, final protocol; replicate r "
+        "uses data seed S+r and sampler seed +r, each in its own resumable study <name>.data<D>.sampler<S>) and report "
+        "per-replicate rows plus BioTune's paired difference to every other method: mean ± std over replicates, "
+        "95 %% t-interval, wins out of R. Each finished replicate is kept in OUT/replicates/ and not redone",
+    )
+    compare.add_argument(
+        "--data-seed", type=int, metavar="S",
+        help="seed of replicate 0's data draw (subsamples and carved validation split); default the study's own",
+    )
     _device_option(compare)
     _feature_cache_option(compare)
     compare.add_argument("--out", help="directory above the report's compare/ folder (default: next to an SQLite study, else ./reports/STUDY)")
