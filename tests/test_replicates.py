@@ -49,7 +49,9 @@ def _bench(out: Path, *extra: str) -> list[str]:
 
 
 def _env() -> dict:
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+    # One torch thread: on shared cores two threads burn CPU waiting on each other (the tiny
+    # pipeline, killed and resumed, then takes about 35 s of CPU instead of 130).
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
 def _completed(storage: str) -> dict[str, int]:
@@ -74,7 +76,7 @@ def resumed_bench(tmp_path_factory):
     assert first.exists(), log
     storage = f"sqlite:///{out / 'studies.db'}"
     before = {"json": first.read_bytes(), "completed": _completed(storage)}
-    rerun = subprocess.run(_bench(out), env=_env(), capture_output=True, text=True, timeout=1800)
+    rerun = subprocess.run(_bench(out), env=_env(), capture_output=True, text=True, timeout=1800, check=False)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     return out, storage, before, rerun.stdout
 
@@ -123,7 +125,7 @@ def test_a_killed_run_resumes_without_redoing_a_replicate(resumed_bench):
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "biotune_optuna", *args], cwd=cwd, env={**_env(), "COLUMNS": "200"},
-                          capture_output=True, text=True, timeout=1800)
+                          capture_output=True, text=True, timeout=1800, check=False)
 
 
 def test_compare_refuses_zero_replicates_in_one_line(tmp_path):

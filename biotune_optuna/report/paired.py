@@ -39,7 +39,7 @@ def t_quantile(df: int, q: float = 0.5 + CONFIDENCE / 2) -> float:
     """
     if df < 1 or not 0 < q < 1:
         raise ValueError(f"t quantile needs df ≥ 1 and 0 < q < 1, got df={df}, q={q}")
-    from scipy.stats import t  # noqa: PLC0415 - imported when needed (slow to import)
+    from scipy.stats import t  # imported when needed: slow to import
 
     return float(t.ppf(q, df))
 
