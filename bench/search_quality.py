@@ -19,8 +19,8 @@ Profiles (``--set KEY=VALUE`` changes any field; the profile is printed first):
   fine-tune first and picks G and the number of replicates to fit ``budget_s`` (~8 minutes),
   counting no speed-up from the threads (the time is an upper bound). Not yet run on a GPU.
 
-The baselines run at the one fixed learning rate ``lr`` (the paper's protocol): this bench uses
-the final protocol as ``report.final.final_report`` provides it.
+The baselines go through the final protocol of ``report.final.final_report`` with its default
+tuning (a learning-rate sweep, and each method's own knob, chosen on the validation split).
 
 Everything goes under ``--out DIR`` (default: the current directory) as it happens: the studies
 (``studies.db``, SQLite), ``profile.json``, ``replicate-<r>.json`` as soon as each replicate is
