@@ -12,6 +12,7 @@ from rich.table import Table
 
 from biotune_optuna.cli.common import open_study
 from biotune_optuna.search import accuracy_of, decode
+from biotune_optuna.search.capacity import capacity_text
 from biotune_optuna.study import attrs
 from biotune_optuna.study.sampler import slot_record
 from biotune_optuna.study.tally import interrupted
@@ -72,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         if t.user_attrs.get(attrs.WORKER) and (t.state == _STATES.RUNNING or (t.datetime_complete and t.datetime_complete > recent))
     }
     table.add_row("workers seen (last 10 min)", str(len(alive)))
+    table.add_row("workers it can keep busy", capacity_text(sampler.config))
     if state.best is not None:
         plan = decode(state.best.genome, config.blocks, config.recipe.base_lr)
         table.add_row("best val accuracy", f"{accuracy_of(state.best.fitness):.4f}")

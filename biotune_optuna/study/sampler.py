@@ -6,8 +6,9 @@ How a trial gets its genome (DESIGN.md, "Sampler" contracts):
    predecessor that has neither claimed nor refreshed its ``waiting`` record — ONE trial system
    attribute, :data:`~biotune_optuna.study.attrs.SLOT`, written only when a wait is long — for ``claim_timeout``
    seconds since it started or last refreshed is presumed dead and stops blocking).
-2. It replays the search from the finished trials (:func:`search_state`) and claims the lowest
-   slot of the open generation that no COMPLETE or RUNNING trial holds, writing the whole
+2. It replays the search from the finished trials (:func:`search_state`) and claims, among the
+   slots of the open generation that no COMPLETE or RUNNING trial holds, the one expected to
+   take longest (:func:`longest_first`; ties: the lowest slot), writing the whole
    proposal (generation, slot, role, parents, genome, fold) into the same attribute.
 3. If every slot of the open generation is held, it waits with backoff (and says so) until
    the generation closes; it never evaluates a slot twice. A slot whose trial FAILED is free
@@ -42,6 +43,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from biotune_optuna.config import check_int
 from biotune_optuna.search import GAConfig, SearchState, param_names, params_from_genome, search_state
+from biotune_optuna.search.capacity import work_key
 from biotune_optuna.search.generations import Proposal
 from biotune_optuna.study import _optuna, attrs
 from biotune_optuna.study.attrs import SlotRecord
@@ -61,6 +63,22 @@ def fold_of_generation(generation: int, n_folds: int) -> int:
     g ≥ 1 uses fold ``(g − 1) mod n_folds`` (spec: "init + gen 0 → fold 0, gen 1 → fold 1").
     """
     return max(0, generation - 1) % max(1, n_folds)
+
+
+def longest_first(free: Sequence[Proposal]) -> Proposal:
+    """The free slot a claiming trial takes: the one expected to take longest, so that a
+    generation's slowest trials start first and its tail is short (issue 13, item 2).
+
+    Args:
+        free: proposals of the open generation that nobody holds, non-empty.
+
+    Returns:
+        The proposal with the largest :func:`~biotune_optuna.search.capacity.work_key` of its
+        genome (longest back-propagation span, then most fine-tuned blocks); ties by lowest slot.
+        Only which free slot a trial takes depends on this: every slot's genome is still a pure
+        function of (seed, generation, slot, results).
+    """
+    return min(free, key=lambda p: (*(-k for k in work_key(p.genome)), p.slot))
 
 
 def slot_record(trial: optuna.trial.BaseTrial | FrozenTrial) -> SlotRecord | None:
@@ -280,7 +298,7 @@ class BioTuneSampler(BaseSampler):
                     return
                 free = [p for p in state.proposals if p is not None and (p.generation, p.slot) not in taken]
                 if free:
-                    self._claim(study, trial_id, free[0])
+                    self._claim(study, trial_id, longest_first(free))
                     return
                 if now - told > 30.0:
                     _logger.info(
