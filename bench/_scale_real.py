@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -186,8 +187,9 @@ def _biotune_figures(recs: list[dict]) -> tuple[float, float, float, Timing, lis
     return start, max(ends), work, timing, [f - start for f in firsts], waits
 
 
-def real_lines(args, timing: Timing) -> list[str]:  # noqa: ANN001 - scale_out's argparse namespace
-    """Run the real cases and return their ``real=`` lines (after the simulation's, by the caller)."""
+def real_lines(args) -> tuple[list[str], list[Timing]]:  # noqa: ANN001 - scale_out's argparse namespace
+    """Run the real cases; return their ``real=`` lines (printed after the simulation's by the
+    caller, and to stderr as they come) and the latencies measured in each."""
     from scale_out import line
 
     db = f"biotune_scale_{uuid.uuid4().hex[:8]}"
@@ -195,7 +197,7 @@ def real_lines(args, timing: Timing) -> list[str]:  # noqa: ANN001 - scale_out's
     admin.autocommit = True
     admin.cursor().execute(f'CREATE DATABASE "{db}"')
     url = f"postgresql+psycopg2://{args.user}@{args.host}/{db}"
-    out = []
+    out, timings = [], []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for n in (int(w) for w in args.real_workers.split(",")):
@@ -210,10 +212,12 @@ def real_lines(args, timing: Timing) -> list[str]:  # noqa: ANN001 - scale_out's
                 out.append(line(real="biotune", workers=n, wall_s=end - start, utilisation=work / (n * (end - start)),
                                 sim_wall_s=sim.end, real_vs_sim=(end - start) / sim.end, random_wall_s=r_wall,
                                 random_utilisation=r_util, poll_s=measured.poll_s, claim_s=measured.claim_s,
-                                tell_s=measured.tell_s, before_trial_median_s=statistics.median(waits),
+                                tell_s=measured.tell_s, publish_s=measured.publish_s,
+                                before_trial_median_s=statistics.median(waits),
                                 before_trial_p90_s=waits[int(0.9 * (len(waits) - 1))]))
-                print(out[-1], flush=True)
+                print(out[-1], file=sys.stderr, flush=True)
+                timings.append(measured)
     finally:
         admin.cursor().execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (db,))
         admin.cursor().execute(f'DROP DATABASE "{db}"')
-    return out
+    return out, timings

@@ -334,7 +334,8 @@ def main() -> None:
     if not args.simulate_only:
         from _scale_real import real_lines  # noqa: PLC0415 - needs PostgreSQL and torch
 
-        real = real_lines(args, timing)
+        real, measured = real_lines(args)
+        timing = measured[-1]  # the simulation uses the latencies of the largest real run
     for text in simulation_lines(timing, [int(s) for s in args.sampler_seeds.split(",")], args.spread):
         print(text, flush=True)
     for text in real:
