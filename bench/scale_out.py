@@ -26,7 +26,7 @@ objective with the same durations, BioTuneSampler as it is; the simulation of th
 ``study.optimize`` processes on the same budget.
 
     .venv/bin/python bench/scale_out.py --simulate-only     # seconds, no database
-    .venv/bin/python bench/scale_out.py                     # + real runs, ~6 min
+    .venv/bin/python bench/scale_out.py                     # + real runs, ~12 min
 """
 
 from __future__ import annotations
