@@ -175,7 +175,7 @@ def test_dashboard_in_chromium_lists_the_trials_and_shows_the_biotune_plots_and_
     port, log = free_port(), tmp_path / "dashboard.log"
     base = f"http://127.0.0.1:{port}"
     code = (
-        "import os, sys; from biotune_optuna.dashboard import serve; "
+        "import os, sys; from biotune_optuna.report.dashboard import serve; "
         "serve(os.environ['BIOTUNE_TEST_STORAGE'], port=int(sys.argv[1]), artifact_dir=sys.argv[2])"
     )
     # The URL goes through the environment, not argv (argv is visible to every user in ps).

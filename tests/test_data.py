@@ -584,7 +584,7 @@ def test_corrupt_cache_file_is_logged_recomputed_and_replaced(how, flat_folder, 
     fresh = load_dataset(spec, cache_dir=cache)
     entry = cache / f"{fresh.fingerprint}.pt"
     corrupt_cache(entry, how)
-    with caplog.at_level("WARNING", logger="biotune_optuna.data"):
+    with caplog.at_level("WARNING", logger="biotune_optuna.finetune"):
         again = load_dataset(spec, cache_dir=cache)
     assert_same_splits(again, fresh)
     assert any("rebuilding" in r.getMessage() and str(entry) in r.getMessage() for r in caplog.records), caplog.text
@@ -609,7 +609,7 @@ def test_unwritable_cache_is_logged_and_the_splits_still_load(flat_folder, tmp_p
     spec = DatasetSpec("folder", path=str(flat_folder), image_size=20)
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("in the way")
-    with caplog.at_level("WARNING", logger="biotune_optuna.data"):
+    with caplog.at_level("WARNING", logger="biotune_optuna.finetune"):
         splits = load_dataset(spec, cache_dir=not_a_dir / "cache")
     assert_same_splits(splits, load_dataset(spec))
     assert "cannot write the dataset cache" in caplog.text
