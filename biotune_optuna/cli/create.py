@@ -34,8 +34,11 @@ def worker_hint(url: str, study_name: str) -> str:
 def run(args: argparse.Namespace) -> int:
     """``create``: store the whole config in a new study (a no-op when it exists with the same one)."""
     url = storage_url(args)
-    storage = open_storage(url, create_tables=True)  # reachable, credentials right: before the dataset loads
+    # A database server is opened (reachable, credentials right) before the dataset loads; an
+    # SQLite file only once the options are known to be good, so a refusal leaves no stray file.
+    early = None if url.startswith("sqlite") else open_storage(url, create_tables=True)
     config, _ = config_from_args(settings(args))
+    storage = early or open_storage(url, create_tables=True)
     _, resumed = create_or_resume(storage, args.study_name, config)
     verb = "exists already with this config" if resumed else "created"
     console.print(

@@ -140,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
     # A given --storage is opened (reachable, credentials) before the dataset loads; the
     # default SQLite file only once the options are known to be good (no stray study.db).
     heartbeats = dict(heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, retry_within=GRACE_PERIOD)
-    early = open_storage(s["storage"], create_tables=True, **heartbeats) if s.get("storage") else None
+    given = s.get("storage")
+    early = open_storage(given, create_tables=True, **heartbeats) if given and not given.startswith("sqlite") else None
     config, splits = config_from_args(s)
     name = s.get("study_name") or default_study_name(s)
     out = Path(s.get("out") or Path("biotune-runs") / name)
