@@ -403,10 +403,17 @@ def test_ask_tell_trials_get_heartbeats_and_are_reaped_when_they_stop(pg_url):
 
 
 def test_status_shows_slots_and_workers_of_a_running_search(pg_url, tmp_path):
+    from biotune_optuna.study.sampler import longest_first
+
     config = make_config(population=4, elites=1, generations=1)
     create(pg_url, "watch", config)
-    worker = start_worker(pg_url, "watch", TOY_SLOW_SLOT="0,3", TOY_SLOW_DELAY="20", TOY_DELAY="0.05")
-    wait_until(lambda: (t := running_trial_of(pg_url, "watch")) and t.system_attrs[SLOT_ATTR]["slot"] == 3)
+    # One worker claims the initial population longest work first: the slot it takes last is slowed.
+    free = list(search_state(GAConfig(len(config.blocks), 4, 1, 1, config.sampler_seed), {}).proposals)
+    while len(free) > 1:
+        free.remove(longest_first(free))
+    last = free[0].slot
+    worker = start_worker(pg_url, "watch", TOY_SLOW_SLOT=f"0,{last}", TOY_SLOW_DELAY="20", TOY_DELAY="0.05")
+    wait_until(lambda: (t := running_trial_of(pg_url, "watch")) and t.system_attrs[SLOT_ATTR]["slot"] == last)
     proc = subprocess.run([*CLI, "status", "--storage", pg_url, "--study-name", "watch"], capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "COLUMNS": "200"})
     worker.send_signal(signal.SIGTERM)
     finish([worker], timeout=60)
