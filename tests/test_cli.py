@@ -176,8 +176,8 @@ def test_compare_runs_every_baseline_and_another_sampler_and_writes_plots(tiny_r
     from PIL import Image
 
     storage = f"sqlite:///{tiny_run / 'biotune-runs' / 'tiny' / 'study.db'}"
-    out = tiny_run / "compare"
-    proc = cli("compare", "--storage", storage, "--study-name", "tiny", "--baselines", "all", "--samplers", "tpe", "--no-tune", "--out", str(out), cwd=tiny_run)
+    out = tiny_run / "out" / "compare"  # --out names the folder above compare/ (README "Comparing")
+    proc = cli("compare", "--storage", storage, "--study-name", "tiny", "--baselines", "all", "--samplers", "tpe", "--no-tune", "--out", str(out.parent), cwd=tiny_run)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
     methods = [m["method"] for m in report["methods"]]
