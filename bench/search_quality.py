@@ -58,6 +58,9 @@ from biotune_optuna.study.storage import open_storage
 _COMMON = dict(
     model="tf_efficientnet_lite0", weights_file=None, data_path=None, folds=2, lr=1e-3, frozen_bn="eval", mode="batched",
     pruner="none", sampler_seed=0, data_seed=0, samplers="random,tpe", workers=1, feature_cache_mb=2048,
+    # One worker evaluates BioTune's search: whole-slot trials (as the first cpu runs were made, so
+    # they resume) give the same genomes and fitness as one trial per seed.
+    work_unit="trial",
 )
 PROFILES: dict[str, dict] = {
     "smoke": dict(
@@ -73,7 +76,7 @@ PROFILES: dict[str, dict] = {
     "gpu": dict(
         _COMMON, dataset="fashion-mnist", image_size=64, train_size=200, val_size=200, test_size=2000, population=10,
         elites=3, generations=3, seeds="684", final_seeds="684,559,629", max_epochs=15, patience=3,
-        batch_size=32, baselines="full,linear,llrd,l2sp", replicates=5, budget_s=480, workers=4,
+        batch_size=32, baselines="full,linear,llrd,l2sp", replicates=5, budget_s=480, workers=4, work_unit="seed",
     ),
 }
 

@@ -139,7 +139,7 @@ def _poll_loop(url: str, seconds: float, counter, i: int) -> None:  # noqa: ANN0
     while time.time() < end:  # the poll of worker._Loop.step, without its pause
         optuna.storages.fail_stale_trials(study)
         study.sampler.search_state(study)
-        study.sampler.free_slots(study)
+        study.sampler.free_units(study)
 
 
 def _start(target, *args) -> mp.Process:  # noqa: ANN001

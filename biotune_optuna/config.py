@@ -48,6 +48,10 @@ BASELINE_LABELS = {
 SAMPLER_LABELS = {"tpe": "TPE", "cmaes": "CMA-ES", "random": "Random search", "nsga2": "NSGA-II"}
 #: Search modes of the sampler (search/generations.py).
 MODES = ("batched", "reference")
+#: What one trial of a BioTune study evaluates (``StudyConfig.work_unit``): ``seed`` = one
+#: (slot, seed) pair, so a generation keeps (P + E)·seeds workers busy; ``trial`` = a whole slot
+#: with every seed, one after another (every study made before work units existed).
+WORK_UNITS = ("seed", "trial")
 #: Pruners a study can use (``StudyConfig.pruner``); built by ``study.studies.make_pruner``.
 PRUNERS = ("none", "median", "successive-halving")
 #: Seeds of the reference (spec §4): one independent fine-tune per seed, the same for every genome.
@@ -286,6 +290,13 @@ class StudyConfig:
         pruner: stop unpromising evaluations early from their per-epoch validation accuracy
             (one of :data:`PRUNERS`; ``"none"`` is the paper's behaviour). See
             ``study.studies.make_pruner``; a pruned genome's fitness is in the objective's docs.
+        work_unit: what one trial evaluates (one of :data:`WORK_UNITS`): ``"seed"`` one
+            fine-tune of a slot's genome with one seed — a slot is ``len(seeds)`` trials and its
+            fitness the mean of theirs once all are in, so a generation keeps (P + E)·seeds
+            workers busy; ``"trial"`` the whole slot, every seed in one trial (one trial = one
+            evaluation, as in a plain Optuna study). The genomes are the same either way. The
+            default here is ``"trial"`` (also what a stored config without the field reads);
+            the command line (``create``/``run --work-unit``) defaults to ``"seed"``.
 
     Raises:
         ConfigError: on any value outside its range (:func:`check_search` for the search sizes).
@@ -311,6 +322,7 @@ class StudyConfig:
     max_retries: int = 2
     baselines: tuple[str, ...] = ("full", "linear")
     pruner: str = "none"
+    work_unit: str = "trial"
 
     def __post_init__(self) -> None:
         check_search(len(self.blocks), self.population_size, self.n_elites, self.n_generations, self.sampler_seed, self.mode)
@@ -319,11 +331,17 @@ class StudyConfig:
         check_int("folds", self.n_folds, 1)
         check_int("max retries", self.max_retries, 0)
         check_choice("pruner", self.pruner, PRUNERS)
+        check_choice("work unit", self.work_unit, WORK_UNITS)
 
     @property
     def n_evaluations(self) -> int:
         """Slots of the search: P + G·(P + E) (:func:`n_evaluations`)."""
         return n_evaluations(self.population_size, self.n_elites, self.n_generations)
+
+    @property
+    def units_per_slot(self) -> int:
+        """Trials that evaluate one slot: ``len(seeds)`` when ``work_unit == "seed"``, else 1."""
+        return len(self.seeds) if self.work_unit == "seed" else 1
 
     def to_dict(self) -> dict:
         """JSON-safe dict, with ``version``."""
@@ -342,6 +360,7 @@ class StudyConfig:
             ConfigError: for a config of another version or with unknown fields.
         """
         d = dict(d)
+        d.setdefault("work_unit", "trial")  # studies made before work units: one trial per slot
         version = d.pop("version", None)
         if version != CONFIG_VERSION:
             raise ConfigError(f"the study was made by a config version {version}; this biotune-optuna reads version {CONFIG_VERSION}")

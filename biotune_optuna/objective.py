@@ -103,8 +103,11 @@ class Objective:
             compute those blocks once (:mod:`biotune_optuna.finetune.features`).
 
     Returns (when called with a trial):
-        Mean validation macro accuracy over ``config.seeds``, in [0, 1]; 0.0 without training
-        for a genome that fine-tunes no block (spec §3.1).
+        Mean validation macro accuracy over ``config.seeds``, in [0, 1] — or, for a trial whose
+        slot record names one seed (a work unit, ``config.work_unit == "seed"``), that seed's
+        best validation macro accuracy (the sampler averages a slot's units); 0.0 without
+        training for a genome that fine-tunes no block (spec §3.1). Per-epoch values are
+        reported at step ``i · max_epochs + epoch − 1`` for the i-th seed the trial trains.
 
     Raises:
         ValueError: if ``splits`` is not the dataset the study was made with.
@@ -144,8 +147,12 @@ class Objective:
             trial.set_user_attr(attrs.SKIPPED, "no block is fine-tuned (every gene ≤ threshold)")
             trial.set_user_attr(attrs.TRAINABLE_FRACTION, 0.0)
             return 0.0
+        if record is not None and record.claimed and record.seed is not None:
+            seeds = [(record.seed, cfg.seeds[record.seed])]  # one work unit: this slot's genome with one seed
+        else:
+            seeds = list(enumerate(cfg.seeds))
         try:
-            return self._train(trial, plan, fold)
+            return self._train(trial, plan, fold, seeds)
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
@@ -155,26 +162,27 @@ class Objective:
             trial.set_user_attr(attrs.ERROR, f"{type(e).__name__}: {e}"[:500])
             raise
 
-    def _train(self, trial: optuna.Trial, plan, fold: int) -> float:  # noqa: ANN001
+    def _train(self, trial: optuna.Trial, plan, fold: int, seeds: list[tuple[int, int]]) -> float:  # noqa: ANN001
+        """Fine-tune ``plan`` once per (index into config.seeds, seed) of ``seeds``; the mean best accuracy."""
         cfg = self.config
         train, val = fold_split(self.splits, fold, cfg.n_folds)
         accuracies, epochs, best_so_far = [], [], []
-        for i, seed in enumerate(cfg.seeds):
+        for i, (index, seed) in enumerate(seeds):
             step0 = i * cfg.recipe.max_epochs
             best_so_far.append(0.0)
 
-            def report(epoch: int, acc: float, loss: float, i: int = i, step0: int = step0) -> None:
+            def report(epoch: int, acc: float, loss: float, i: int = i, index: int = index, step0: int = step0) -> None:
                 trial.report(acc, step0 + epoch - 1)
                 best_so_far[i] = max(best_so_far[i], acc)
                 if self.on_epoch is not None:
-                    self.on_epoch(trial.number, i, epoch, acc)
-                last = i == len(cfg.seeds) - 1 and epoch == cfg.recipe.max_epochs  # nothing left to save
+                    self.on_epoch(trial.number, index, epoch, acc)
+                last = i == len(seeds) - 1 and epoch == cfg.recipe.max_epochs  # nothing left to save
                 if cfg.pruner != "none" and not last and trial.should_prune():
                     value = statistics.fmean(accuracies) if accuracies else best_so_far[0]
                     trial.set_user_attr(attrs.PRUNED_VALUE, round(value, 6))
-                    trial.set_user_attr(attrs.PRUNED_AT, {"seed": i, "epoch": epoch})
+                    trial.set_user_attr(attrs.PRUNED_AT, {"seed": index, "epoch": epoch})
                     trial.set_user_attr(attrs.SEED_ACCURACIES, [round(a, 6) for a in best_so_far])
-                    raise optuna.TrialPruned(f"pruned at seed {i + 1}, epoch {epoch}: best validation accuracy {value:.4f}")
+                    raise optuna.TrialPruned(f"pruned at seed {index + 1}, epoch {epoch}: best validation accuracy {value:.4f}")
 
             data_key = (cfg.dataset_fingerprint, fold, cfg.n_folds)
             _, result = train_plan(

@@ -359,7 +359,7 @@ class _Loop:
             if state.finished:
                 _logger.info("the search is finished: worker exits after %s", self.summary)
                 return False
-            if not sampler.free_slots(study):
+            if not sampler.free_units(study):
                 if time.monotonic() - self.told > 30:
                     _logger.info("generation %d has no free slot yet: waiting", state.generation)
                     self.told = time.monotonic()

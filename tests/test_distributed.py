@@ -34,13 +34,14 @@ BLOCKS = ("stem", "b1", "b2", "b3", "head")
 COMPLETE, FAIL, RUNNING = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING
 
 
-def make_config(population=6, elites=2, generations=3, seed=7) -> StudyConfig:
+def make_config(population=6, elites=2, generations=3, seed=7, seeds=(684,), work_unit="trial") -> StudyConfig:
     spec = DatasetSpec("digits", image_size=8)
     splits = load_dataset(spec)
     return StudyConfig(
         model="resnet18", dataset=spec, blocks=BLOCKS, classes=tuple(splits.classes),
-        dataset_fingerprint=splits.fingerprint, dataset_files=splits.files, seeds=(684,), n_folds=2,
+        dataset_fingerprint=splits.fingerprint, dataset_files=splits.files, seeds=seeds, n_folds=2,
         population_size=population, n_elites=elites, n_generations=generations, sampler_seed=seed,
+        work_unit=work_unit,
     )
 
 
@@ -120,6 +121,29 @@ def test_eight_workers_evaluate_every_slot_exactly_once_with_one_worker_genomes(
     finish(workers)
     assert completed_slots(pg_url, "eight") == expected_genomes(config)
     assert len(expected_genomes(config)) == 6 + 3 * 8
+
+
+def test_eight_workers_evaluate_every_seed_unit_exactly_once_with_one_worker_genomes(pg_url):
+    config = make_config(population=4, elites=1, generations=2, seeds=(684, 559, 629), work_unit="seed")
+    create(pg_url, "units", config)
+    workers = [start_worker(pg_url, "units", TOY_DELAY="0.1") for _ in range(8)]
+    logs = finish(workers)
+    study = optuna.load_study(study_name="units", storage=pg_url)
+    units = {}
+    for t in study.get_trials(deepcopy=False, states=(COMPLETE,)):
+        rec = t.system_attrs[SLOT_ATTR]
+        key = (rec["generation"], rec["slot"], rec["seed"])
+        assert key not in units, f"unit {key} was evaluated twice"
+        units[key] = tuple(round(g, 12) for g in rec["genome"])
+    expected = expected_genomes(config)
+    assert len(expected) == 4 + 2 * 5
+    assert units == {(g, s, u): genome for (g, s), genome in expected.items() for u in range(3)}
+    # More than one worker evaluated units of one slot at once: seeds of a genome spread out.
+    by_slot = {}
+    for t in study.get_trials(deepcopy=False, states=(COMPLETE,)):
+        rec = t.system_attrs[SLOT_ATTR]
+        by_slot.setdefault((rec["generation"], rec["slot"]), set()).add(t.user_attrs["worker_pid"])
+    assert max(len(pids) for pids in by_slot.values()) > 1, logs
 
 
 def running_trial_of(url: str, name: str, generation: int | None = None):

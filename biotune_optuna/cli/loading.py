@@ -111,7 +111,7 @@ def config_from_args(s: dict) -> tuple[StudyConfig, Splits]:
         weights_file=s.get("weights_file"), weights_sha256=sha,
         recipe=training, seeds=seeds, n_folds=s["folds"], population_size=s["population"], n_elites=s["elites"],
         n_generations=s["generations"], sampler_seed=s["sampler_seed"], mode=s["mode"], baselines=baselines,
-        pruner=s["pruner"],
+        pruner=s["pruner"], work_unit=s.get("work_unit", "seed"),
     )
     console.print(
         f"[bold]{config.model}[/] ({len(config.blocks)} blocks, weights {backbone.weights}) on [bold]{spec.name}[/]: "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from biotune_optuna.config import BASELINE_LABELS, DATASETS, MODES, PAPER_SEEDS, PRUNERS, SAMPLER_LABELS
+from biotune_optuna.config import BASELINE_LABELS, DATASETS, MODES, PAPER_SEEDS, PRUNERS, SAMPLER_LABELS, WORK_UNITS
 
 #: Sizes of the presets; any option given on the command line wins.
 PRESETS: dict[str, dict] = {
@@ -78,6 +78,12 @@ def _study_options(p: argparse.ArgumentParser) -> None:
         "top third goes on at checkpoints after 2, 4, 10… epochs counted along the evaluation); a pruned genome "
         "counts with the mean of the seeds it finished, or the best accuracy its first seed reached. "
         "none: the paper's behaviour",
+    )
+    g.add_argument(
+        "--work-unit", choices=WORK_UNITS, default="seed",
+        help="what one trial evaluates: seed (default) one fine-tune of a genome with one seed, so a generation "
+        "keeps (P + E) × seeds workers busy and a genome's fitness is the mean of its seeds' trials; trial: the "
+        "genome with every seed, one after another, in one trial (at most P + E busy workers). Same genomes either way",
     )
     g = p.add_argument_group("training (spec §4)")
     g.add_argument("--max-epochs", type=int, help="epochs at most per fine-tune (default 30)")

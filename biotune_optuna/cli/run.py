@@ -63,7 +63,8 @@ def search(study: optuna.Study, config: StudyConfig, splits: Splits, device: str
     columns = (TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
     # In a file or pipe a progress bar is only its last frame, squeezed to 80 columns: trial lines say it all.
     with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as progress:
-        task = progress.add_task("", total=config.n_evaluations, completed=sampler.search_state(study).resolved)
+        done, total = sampler.progress(study)  # in trials' worth of work: slots, or slot × seed units
+        task = progress.add_task("", total=total, completed=done)
 
         def on_epoch(number: int, seed_index: int, epoch: int, acc: float) -> None:
             progress.update(task, description=f"trial {number} · seed {seed_index + 1}/{len(config.seeds)} · epoch {epoch} · val {acc:.4f}")
@@ -72,7 +73,7 @@ def search(study: optuna.Study, config: StudyConfig, splits: Splits, device: str
 
         def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             state = sampler.search_state(study)
-            progress.update(task, completed=state.resolved)
+            progress.update(task, completed=sampler.progress(study)[0])
             if len(state.populations) > published[0]:  # a generation closed: refresh the dashboard pages
                 published[0] = len(state.populations)
                 publish_quietly(study, config)

@@ -1,4 +1,4 @@
-"""``biotune-optuna status``: where a search stands — generation, slots, trials, workers, best."""
+"""``biotune-optuna status``: where a search stands — generation, slots and units, trials, workers, best."""
 
 from __future__ import annotations
 
@@ -51,14 +51,22 @@ def run(args: argparse.Namespace) -> int:
         n_slots = sampler.config.n_slots(state.generation)
         in_open = [t for t, r in records if r is not None and r.generation == state.generation]
         running = sum(1 for t in in_open if t.state == _STATES.RUNNING)
-        free = len(sampler.free_slots(study))
+        free = len(sampler.free_units(study))
         skipped = sum(1 for g, _ in state.skipped if g == state.generation)  # elites selecting no block
         not_open = sum(1 for p in state.proposals if p is None)
-        done = n_slots - running - free - not_open - skipped
-        parts = [f"{done} done", f"{running} running", f"{free} free", f"{not_open} not open yet"]
-        if skipped:
-            parts.append(f"{skipped} skipped (elite selects no block: no hill climb)")
-        table.add_row("slots", ", ".join(parts) + f" (of {n_slots})")
+        units = sampler.units_per_slot  # trials per slot: 1, or one per seed
+        done = (n_slots - not_open - skipped) * units - running - free
+        parts = [f"{done} done", f"{running} running", f"{free} free"]
+        if units == 1:
+            parts.append(f"{not_open} not open yet")
+            if skipped:
+                parts.append(f"{skipped} skipped (elite selects no block: no hill climb)")
+            table.add_row("slots", ", ".join(parts) + f" (of {n_slots})")
+        else:
+            opened = n_slots - not_open - skipped
+            table.add_row("units (slot × seed)", ", ".join(parts) + f" (of {opened} open slots × {units} seeds)")
+            rest = [f"{opened} open", f"{not_open} not open yet"] + ([f"{skipped} skipped (elite selects no block: no hill climb)"] if skipped else [])
+            table.add_row("slots", ", ".join(rest) + f" (of {n_slots})")
         fails = Counter(_outcome(t) for t in in_open if t.state == _STATES.FAIL)
         if fails:
             why = {"failed": "the evaluation raised", "interrupted": "the worker was stopped or died"}
@@ -73,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         if t.user_attrs.get(attrs.WORKER) and (t.state == _STATES.RUNNING or (t.datetime_complete and t.datetime_complete > recent))
     }
     table.add_row("workers seen (last 10 min)", str(len(alive)))
-    table.add_row("workers it can keep busy", capacity_text(sampler.config))
+    table.add_row("workers it can keep busy", capacity_text(sampler.config, sampler.units_per_slot))
     if state.best is not None:
         plan = decode(state.best.genome, config.blocks, config.recipe.base_lr)
         table.add_row("best val accuracy", f"{accuracy_of(state.best.fitness):.4f}")

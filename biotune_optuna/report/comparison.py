@@ -21,6 +21,7 @@ from biotune_optuna.config import SAMPLER_LABELS, StudyConfig
 from biotune_optuna.search.genome import genome_from_params
 from biotune_optuna.study import attrs
 from biotune_optuna.study.studies import create_or_resume
+from biotune_optuna.study.attrs import SlotRecord
 from biotune_optuna.study.tally import stand_in_value
 
 #: Samplers on offer: key → display name.
@@ -123,11 +124,21 @@ def wall_time(trials: Sequence[optuna.trial.FrozenTrial]) -> float:
     return (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
 
 
+def _evaluation(t: optuna.trial.FrozenTrial) -> tuple:
+    """What a trial is a part of: its slot when it is one seed's work unit of a BioTune slot
+    (``work_unit == "seed"``: the slot's S trials are one evaluation), else the trial itself."""
+    rec = SlotRecord.from_attr(t.system_attrs.get(attrs.SLOT))
+    if rec is not None and rec.claimed and rec.seed is not None:
+        return ("slot", rec.key)
+    return ("trial", t.number)
+
+
 def search_cost(study: optuna.Study, config: StudyConfig) -> dict[str, float]:
     """What a search spent, counted the same way for BioTune and every other sampler.
 
     Returns:
-        ``evaluations`` (COMPLETE + PRUNED evaluations, :func:`evaluated_trials`),
+        ``evaluations`` (COMPLETE + PRUNED evaluations, :func:`evaluated_trials`; the seed
+        units of one BioTune slot count as one evaluation, as a whole-slot trial does),
         ``trained_nothing`` (evaluations whose genome fine-tunes no block: every gene ≤
         threshold; scored without training), ``pruned``, ``fine_tunes`` (seeds started),
         ``epochs`` (epochs trained, all seeds: one reported validation accuracy each),
@@ -137,9 +148,9 @@ def search_cost(study: optuna.Study, config: StudyConfig) -> dict[str, float]:
     trials = evaluated_trials(study)
     per_seed = max(1, config.recipe.max_epochs)
     return {
-        "evaluations": len(trials),
-        "trained_nothing": sum(1 for t in trials if attrs.SKIPPED in t.user_attrs),
-        "pruned": sum(1 for t in trials if t.state == optuna.trial.TrialState.PRUNED),
+        "evaluations": len({_evaluation(t) for t in trials}),
+        "trained_nothing": len({_evaluation(t) for t in trials if attrs.SKIPPED in t.user_attrs}),
+        "pruned": len({_evaluation(t) for t in trials if t.state == optuna.trial.TrialState.PRUNED}),
         "fine_tunes": sum(len({step // per_seed for step in t.intermediate_values}) for t in trials),
         "epochs": sum(len(t.intermediate_values) for t in trials),
         "seconds": round(wall_time(trials), 3),

@@ -11,10 +11,11 @@ by the number of fine-tuned blocks (more weight gradients and optimizer state). 
 EfficientNet-Lite0 (bench/README.md: training speed, feature cache): one step with the first
 half frozen costs 0.59 of a full fine-tune, the last three blocks 0.36, the head only 0.28.
 
-*Workers kept busy.* Today a worker evaluates one whole trial (every seed of one slot), and a
-generation opens all its slots at once (``batched``) and closes when all are done, so no more
-than the open generation's slots can run at a time: P for the initial population, then
-2E + (P − E) = P + E (spec §7.14). In ``reference`` mode the children open one at a time.
+*Workers kept busy.* A worker evaluates one trial: a whole slot (every seed, one after another:
+``work_unit = "trial"``) or one (slot, seed) unit (``work_unit = "seed"``, S units per slot).
+A generation opens all its slots at once (``batched``) and closes when all are done, so no
+more than the open generation's units can run at a time: P·S for the initial population, then
+(2E + (P − E))·S = (P + E)·S (spec §7.14). In ``reference`` mode the children open one at a time.
 """
 
 from __future__ import annotations
@@ -57,35 +58,42 @@ def work_key(genome: Sequence[float]) -> tuple[int, int]:
     return backprop_span(genome), len(selected_blocks(check_genome(genome)))
 
 
-def max_busy_workers(config: GAConfig) -> int:
-    """The most trials a search can run at once (whole trials, every seed in one trial).
+def max_busy_workers(config: GAConfig, units_per_slot: int = 1) -> int:
+    """The most trials a search can run at once.
 
     Args:
         config: the search's sizes and mode.
+        units_per_slot: trials per slot, ≥ 1: 1 when a trial fine-tunes with every seed, the
+            number of seeds S when a trial fine-tunes with one (``StudyConfig.units_per_slot``).
 
     Returns:
-        ``batched``: P if G = 0, else P + E. ``reference``: max(P, 2E) if G ≥ 1 (hill-climbs
-        open together, children one by one), else P. Workers beyond this number wait.
+        S × (``batched``: P if G = 0, else P + E; ``reference``: max(P, 2E) if G ≥ 1 —
+        hill-climbs open together, children one by one — else P). Workers beyond this wait.
     """
     p, e = config.population_size, config.n_elites
     if config.n_generations == 0:
-        return p
-    return max(p, config.n_slots(1)) if config.mode == "batched" else max(p, 2 * e)
+        slots = p
+    else:
+        slots = max(p, config.n_slots(1)) if config.mode == "batched" else max(p, 2 * e)
+    return slots * units_per_slot
 
 
-def capacity_text(config: GAConfig) -> str:
+def capacity_text(config: GAConfig, units_per_slot: int = 1) -> str:
     """One line for ``status``: how many workers the search can keep busy, and why.
 
     Example:
         >>> capacity_text(GAConfig(6, 10, 3, 10))
         '13 at most (P + E = 10 + 3 slots per generation, one trial each); more workers wait'
+        >>> capacity_text(GAConfig(6, 10, 3, 10), units_per_slot=3)
+        '39 at most (P + E = 10 + 3 slots per generation × 3 seeds, one trial each); more workers wait'
     """
-    n = max_busy_workers(config)
-    p, e = config.population_size, config.n_elites
+    n = max_busy_workers(config, units_per_slot)
+    p, e, s = config.population_size, config.n_elites, units_per_slot
+    per = f" × {s} seeds" if s > 1 else ""
     if config.n_generations == 0:
-        why = f"P = {p} initial slots"
+        why = f"P = {p} initial slots{per}, one trial each"
     elif config.mode == "batched":
-        why = f"P + E = {p} + {e} slots per generation, one trial each"
+        why = f"P + E = {p} + {e} slots per generation{per}, one trial each"
     else:
-        why = f"reference mode: P = {p} initial slots, then 2E = {2 * e} hill-climbs and one child at a time"
+        why = f"reference mode: P = {p} initial slots, then 2E = {2 * e} hill-climbs and one child at a time{per}"
     return f"{n} at most ({why}); more workers wait"

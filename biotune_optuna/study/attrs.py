@@ -76,6 +76,10 @@ class SlotRecord:
         genome: the B + 1 genes to evaluate.
         fold: the data fold of the slot's generation.
         at: Unix time of a waiting record.
+        seed: in a study whose work unit is one seed (``StudyConfig.work_unit == "seed"``), the
+            index into ``StudyConfig.seeds`` of the one seed this trial fine-tunes; None when
+            the trial evaluates its slot with every seed (``work_unit == "trial"``, and every
+            record written before work units existed).
     """
 
     state: str
@@ -86,6 +90,7 @@ class SlotRecord:
     genome: tuple[float, ...] = ()
     fold: int | None = None
     at: float | None = None
+    seed: int | None = None
 
     @property
     def claimed(self) -> bool:
@@ -96,6 +101,12 @@ class SlotRecord:
     def key(self) -> tuple[int, int]:
         """(generation, slot) of a claimed record."""
         return (int(self.generation), int(self.slot))  # type: ignore[arg-type]
+
+    @property
+    def unit_key(self) -> tuple[int, int, int]:
+        """(generation, slot, seed index) of a claimed record; seed index 0 for a whole-slot
+        record (its slot is one unit)."""
+        return (*self.key, int(self.seed or 0))
 
     @classmethod
     def from_attr(cls, value: Mapping | None) -> SlotRecord | None:
@@ -111,6 +122,7 @@ class SlotRecord:
             genome=tuple(value.get("genome", ())),
             fold=value.get("fold"),
             at=value.get("at"),
+            seed=value.get("seed"),
         )
 
     def to_attr(self) -> dict:
@@ -119,7 +131,7 @@ class SlotRecord:
             return {"state": "finished"}
         if self.state == "waiting":
             return {"state": "waiting", "at": self.at}
-        return {
+        record = {
             "state": "claimed",
             "generation": self.generation,
             "slot": self.slot,
@@ -128,11 +140,18 @@ class SlotRecord:
             "genome": list(self.genome),
             "fold": self.fold,
         }
+        if self.seed is not None:
+            record["seed"] = self.seed
+        return record
 
     def readable(self) -> dict:
         """The copy stored in the user attribute :data:`SLOT_COPY` for people."""
-        return {"generation": self.generation, "slot": self.slot, "role": self.role, "fold": self.fold}
+        copy = {"generation": self.generation, "slot": self.slot, "role": self.role, "fold": self.fold}
+        if self.seed is not None:
+            copy["seed"] = self.seed
+        return copy
 
     def describe(self) -> str:
-        """``gen G slot S (role) · fold F`` for log lines."""
-        return f"gen {self.generation} slot {self.slot} ({self.role}) · fold {self.fold}"
+        """``gen G slot S (role) · fold F`` (and ``· seed I`` for a one-seed unit) for log lines."""
+        unit = "" if self.seed is None else f" · seed {self.seed}"
+        return f"gen {self.generation} slot {self.slot} ({self.role}) · fold {self.fold}{unit}"

@@ -41,7 +41,7 @@ class StopWhenFinished:
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         pause, told = Backoff(self.poll, self.max_poll, 1.5), time.monotonic()
-        while not self.sampler.free_slots(study):
+        while not self.sampler.free_units(study):
             state = self.sampler.search_state(study)
             if state.finished:
                 study.stop()

@@ -17,6 +17,11 @@ How a trial gets its genome (DESIGN.md, "Sampler" contracts):
    warning).
 4. ``sample_relative`` returns the claimed genome as params ``gene_<block>`` / ``threshold``.
 
+What a trial claims is a *work unit*: a whole slot, or — with ``units_per_slot = S > 1`` (the
+study config's ``work_unit = "seed"``) — one (slot, seed) pair, so that a generation offers
+(P + E)·S units at once instead of P + E trials (issue 13). Everything above then reads "unit"
+for "slot": a unit is claimed once, retried alone, and the slot resolves when all S are in.
+
 Trial numbers are handed out by the storage in one serialised order, so "wait for every lower
 number, then take the lowest free slot" gives each slot to exactly one live trial.
 
@@ -34,7 +39,7 @@ import time
 import weakref
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution
@@ -65,20 +70,34 @@ def fold_of_generation(generation: int, n_folds: int) -> int:
     return max(0, generation - 1) % max(1, n_folds)
 
 
-def longest_first(free: Sequence[Proposal]) -> Proposal:
-    """The free slot a claiming trial takes: the one expected to take longest, so that a
-    generation's slowest trials start first and its tail is short (issue 13, item 2).
+class Unit(NamedTuple):
+    """A unit of work a trial claims: one slot's proposal and, when a slot is evaluated as one
+    trial per seed, the index of the seed (None: the trial fine-tunes with every seed)."""
+
+    proposal: Proposal
+    seed: int | None = None
+
+
+def longest_first(free: Sequence[Proposal] | Sequence[Unit]) -> Proposal | Unit:
+    """The free slot (or unit) a claiming trial takes: the one expected to take longest, so that
+    a generation's slowest trials start first and its tail is short (issue 13, item 2).
 
     Args:
-        free: proposals of the open generation that nobody holds, non-empty.
+        free: proposals of the open generation that nobody holds, or its free :class:`Unit` values;
+            non-empty.
 
     Returns:
-        The proposal with the largest :func:`~biotune_optuna.search.capacity.work_key` of its
-        genome (longest back-propagation span, then most fine-tuned blocks); ties by lowest slot.
-        Only which free slot a trial takes depends on this: every slot's genome is still a pure
-        function of (seed, generation, slot, results).
+        The element with the largest :func:`~biotune_optuna.search.capacity.work_key` of its
+        genome (longest back-propagation span, then most fine-tuned blocks); ties by lowest
+        slot, then lowest seed index. Only which free unit a trial takes depends on this: every
+        slot's genome is still a pure function of (seed, generation, slot, results).
     """
-    return min(free, key=lambda p: (*(-k for k in work_key(p.genome)), p.slot))
+
+    def key(item: Proposal | Unit) -> tuple:
+        proposal, seed = (item.proposal, item.seed or 0) if isinstance(item, Unit) else (item, 0)
+        return (*(-k for k in work_key(proposal.genome)), proposal.slot, seed)
+
+    return min(free, key=key)
 
 
 def slot_record(trial: optuna.trial.BaseTrial | FrozenTrial) -> SlotRecord | None:
@@ -114,6 +133,12 @@ class BioTuneSampler(BaseSampler):
         mode: ``"batched"`` (parallel, default) or ``"reference"`` (spec §7.10 sequential
             semantics); see :mod:`biotune_optuna.search.generations`.
         n_folds: number of data folds; the slot record carries ``fold_of_generation``.
+        units_per_slot: trials that evaluate one slot, ≥ 1. With 1 (default) a trial evaluates
+            its slot with every fine-tuning seed. With S > 1 (one per seed: ``StudyConfig.
+            work_unit == "seed"``) a slot is S work units: each trial's slot record carries the
+            index of its seed (``SlotRecord.seed``), so S workers can evaluate one genome at once,
+            and the slot's fitness is the mean of its units' once all are in (spec §6
+            unchanged). Retries, interruptions and the worst fitness apply per unit.
         max_retries: times a slot whose evaluation raised is handed out again before it counts
             as worst.
         max_interruptions: times a slot whose worker was stopped (SIGTERM: the trial carries the
@@ -145,6 +170,7 @@ class BioTuneSampler(BaseSampler):
         seed: int = 0,
         mode: str = "batched",
         n_folds: int = 1,
+        units_per_slot: int = 1,
         max_retries: int = 2,
         max_interruptions: int = 10,
         claim_timeout: float = 120.0,
@@ -155,7 +181,9 @@ class BioTuneSampler(BaseSampler):
         self.config = GAConfig(len(self.blocks), population_size, n_elites, n_generations, seed, mode)
         check_int("folds", n_folds, 1)
         check_int("max retries", max_retries, 0)
+        check_int("units per slot", units_per_slot, 1)
         self.n_folds = n_folds
+        self.units_per_slot = units_per_slot
         self.max_retries = max_retries
         self.max_interruptions = max_interruptions
         self.claim_timeout = claim_timeout
@@ -192,12 +220,12 @@ class BioTuneSampler(BaseSampler):
     def _tally(
         self, study: optuna.Study, trials: Sequence[FrozenTrial], exclude: int | None = None
     ) -> tuple[SearchState, set, dict]:
-        """Search state, slots taken (resolved or held by a RUNNING trial), failure counts.
+        """Search state, units taken (resolved or held by a RUNNING trial), failure counts.
 
         ``trials``: the study's trials sorted by number; ``exclude``: a trial id to ignore.
         """
         key = self._key(study)
-        ledger = self._ledgers.setdefault(key, Ledger(self.max_retries, self.max_interruptions))
+        ledger = self._ledgers.setdefault(key, Ledger(self.max_retries, self.max_interruptions, self.units_per_slot))
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
         results, taken, failures = ledger.read(trials, maximize, exclude)
         return search_state(self.config, results, self._cache.setdefault(key, {})), taken, failures
@@ -208,13 +236,36 @@ class BioTuneSampler(BaseSampler):
         with self._lock:
             return self._tally(study, trials)[0]
 
-    def free_slots(self, study: optuna.Study) -> list:
-        """Proposals of the open generation that no COMPLETE or RUNNING trial holds (and that
-        are not given up), in slot order — what the next trial would be offered."""
+    def progress(self, study: optuna.Study) -> tuple[int, int]:
+        """``(units resolved, units of the whole search)``: trials' worth of work done so far
+        (evaluated, given up as worst, or skipped hill climbs × ``units_per_slot``) out of
+        (P + G·(P + E)) × ``units_per_slot`` — an upper bound until the search ends, when the
+        two are equal (skipped slots count as resolved)."""
+        trials = _optuna.all_trials(study)
+        with self._lock:
+            state = self._tally(study, trials)[0]
+            done = self._ledgers[self._key(study)].resolved_units
+        total = self.config.n_evaluations * self.units_per_slot
+        return (total if state.finished else done + len(state.skipped) * self.units_per_slot), total
+
+    def free_units(self, study: optuna.Study) -> list[Unit]:
+        """Units of the open generation that no COMPLETE or RUNNING trial holds (and that are
+        not given up), in slot then seed order — what the next trial would be offered."""
         trials = _optuna.all_trials(study)
         with self._lock:
             state, taken, _ = self._tally(study, trials)
-        return [p for p in state.proposals if p is not None and (p.generation, p.slot) not in taken]
+        return self._free(state, taken)
+
+    def _free(self, state: SearchState, taken: set) -> list[Unit]:
+        if self.units_per_slot == 1:
+            return [Unit(p) for p in state.proposals if p is not None and (p.generation, p.slot, 0) not in taken]
+        return [
+            Unit(p, seed)
+            for p in state.proposals
+            if p is not None
+            for seed in range(self.units_per_slot)
+            if (p.generation, p.slot, seed) not in taken
+        ]
 
     # ---------------------------------------------------------------- Optuna API
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
@@ -296,13 +347,13 @@ class BioTuneSampler(BaseSampler):
                     except RuntimeError:
                         pass  # not inside optimize(): the trial is pruned at its first suggest
                     return
-                free = [p for p in state.proposals if p is not None and (p.generation, p.slot) not in taken]
+                free = self._free(state, taken)
                 if free:
                     self._claim(study, trial_id, longest_first(free))
                     return
                 if now - told > 30.0:
                     _logger.info(
-                        "trial %d waits: generation %d has no free slot until running trials finish",
+                        "trial %d waits: generation %d has nothing free until running trials finish",
                         trial.number,
                         state.generation,
                     )
@@ -317,7 +368,8 @@ class BioTuneSampler(BaseSampler):
         _optuna.set_system_attr(study, trial_id, attrs.SLOT, record.to_attr())
         self._claims[self._key(study, trial_id)] = record
 
-    def _claim(self, study: optuna.Study, trial_id: int, proposal: Proposal) -> None:
+    def _claim(self, study: optuna.Study, trial_id: int, unit: Unit) -> None:
+        proposal = unit.proposal
         record = SlotRecord(
             "claimed",
             generation=proposal.generation,
@@ -326,6 +378,7 @@ class BioTuneSampler(BaseSampler):
             parents=tuple(tuple(p) for p in proposal.parents),
             genome=tuple(proposal.genome),
             fold=fold_of_generation(proposal.generation, self.n_folds),
+            seed=unit.seed,
         )
         # Beat before claiming: a claimed RUNNING trial without any heartbeat row is never
         # stale to fail_stale_trials, so if the database went away between the claim and

@@ -38,6 +38,7 @@ def make_sampler(config: StudyConfig, **overrides) -> BioTuneSampler:
         seed=config.sampler_seed,
         mode=config.mode,
         n_folds=config.n_folds,
+        units_per_slot=config.units_per_slot,
         max_retries=config.max_retries,
         **overrides,
     )
@@ -50,17 +51,21 @@ def search_state(study: optuna.Study, config: StudyConfig) -> SearchState:
     return sampler.search_state(study)
 
 
-def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+def make_pruner(config: StudyConfig, whole_slots: bool = False) -> optuna.pruners.BasePruner:
     """The Optuna pruner of a study with ``config`` (its field ``pruner``). Intermediate values are the validation macro
-    accuracy after each epoch, at step ``seed_index · max_epochs + epoch − 1``, so trials
-    are compared at the same seed and epoch.
+    accuracy after each epoch, at step ``seed_index · max_epochs + epoch − 1`` when a trial
+    fine-tunes with every seed (``work_unit == "trial"``), so trials are compared at the same
+    seed and epoch; at step ``epoch − 1`` when a trial fine-tunes with one seed (``"seed"``), so
+    one-seed trials are compared at the same epoch.
 
     * ``"none"``: :class:`optuna.pruners.NopPruner` (every evaluation runs to its own early
       stop, as in the paper).
     * ``"median"``: :class:`optuna.pruners.MedianPruner` — stop a trial whose best accuracy
       so far (over all its seeds) is below the median of earlier trials at the same step;
-      not before ``population_size`` trials have completed (the initial population always
-      runs in full), from the first epoch on.
+      not before the initial population's trials (``population_size`` × units per slot) have
+      completed (the initial population always runs in full), from the first epoch on.
+      ``whole_slots=True`` (a study of another sampler, whose trials always fine-tune with
+      every seed): ``population_size`` trials.
     * ``"successive-halving"``: :class:`optuna.pruners.SuccessiveHalvingPruner` (asynchronous
       successive halving, min resource 1, reduction factor 3): rungs at steps 1, 3, 9…, i.e.
       after 2, 4, 10… epochs counted along the evaluation (seed 2's first epoch is step
@@ -74,7 +79,7 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     pruner a search no longer gives the same genomes whatever the number of workers.
     """
     if config.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=config.population_size, n_warmup_steps=0)
+        return optuna.pruners.MedianPruner(n_startup_trials=config.population_size * (1 if whole_slots else config.units_per_slot), n_warmup_steps=0)
     if config.pruner == "successive-halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     return optuna.pruners.NopPruner()
@@ -109,8 +114,9 @@ def create_or_resume(
         ConfigError: if a study of that name exists with a different config (it is left as is).
     """
     wanted = json.loads(json.dumps(config.to_dict()))  # as stored: tuples become lists
+    pruner = make_pruner(config, whole_slots=sampler is not None and not isinstance(sampler, BioTuneSampler))
     try:
-        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler or make_sampler(config), pruner=make_pruner(config))
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler or make_sampler(config), pruner=pruner)
     except KeyError:
         study = None
     if study is not None:
@@ -136,7 +142,7 @@ def create_or_resume(
             )
         return study, True
     study = optuna.create_study(
-        study_name=name, storage=storage, direction="maximize", sampler=sampler or make_sampler(config), pruner=make_pruner(config)
+        study_name=name, storage=storage, direction="maximize", sampler=sampler or make_sampler(config), pruner=pruner
     )
     try:
         study.set_user_attr(attrs.CONFIG, wanted)

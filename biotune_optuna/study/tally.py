@@ -1,5 +1,10 @@
 """Folding a study's trials into slot results: what each (generation, slot) is worth so far.
 
+A trial evaluates one *work unit*: a whole slot (every seed), or — when the study's work unit
+is one seed — one (slot, seed) pair (issue 13). Units are tallied by (generation, slot, seed
+index); a slot is resolved once every one of its units is, with the mean of their fitness
+(spec §6: fitness is 1 − the mean accuracy over seeds, and Φ is linear in the accuracy).
+
 A finished trial never changes, so the longest prefix of finished trials is folded in once and
 kept; a call then costs O(trials after the oldest unfinished one), not O(history) (DESIGN.md,
 "It rebuilds all state from storage … cheaply").
@@ -21,6 +26,8 @@ from biotune_optuna.study.attrs import SlotRecord
 _logger = logging.getLogger(__name__)
 
 Key = tuple[int, int]
+#: (generation, slot, seed index): the unit a trial evaluated (seed index 0 for a whole slot).
+UnitKey = tuple[int, int, int]
 
 
 def stand_in_value(t: FrozenTrial) -> float | None:
@@ -47,25 +54,25 @@ def interrupted(t: FrozenTrial) -> bool:
 
 @dataclass
 class Tally:
-    """Results and failure counts folded in from the trials numbered below ``upto``.
+    """Results and failure counts folded in from the trials numbered below ``upto``, per unit.
 
     Attributes:
         upto: trials ``0 … upto − 1`` are folded in.
-        results: fitness Φ of each resolved (generation, slot).
-        failures: evaluations of a slot that raised (the genome's fault, e.g. NaN loss).
+        results: fitness Φ of each resolved unit (generation, slot, seed index).
+        failures: evaluations of a unit that raised (the genome's fault, e.g. NaN loss).
         interruptions: attempts whose worker was stopped or died (not the genome's fault).
     """
 
     upto: int = 0
-    results: dict[Key, float] = field(default_factory=dict)
+    results: dict[UnitKey, float] = field(default_factory=dict)
     failures: Counter = field(default_factory=Counter)
     interruptions: Counter = field(default_factory=Counter)
 
     def copy(self) -> Tally:
         return Tally(self.upto, dict(self.results), self.failures.copy(), self.interruptions.copy())
 
-    def add(self, t: FrozenTrial, maximize: bool, held: set[Key] | None) -> None:
-        """Fold in one trial (and add a RUNNING one's slot to ``held``).
+    def add(self, t: FrozenTrial, maximize: bool, held: set[UnitKey] | None) -> None:
+        """Fold in one trial (and add a RUNNING one's unit to ``held``).
 
         A COMPLETE trial counts with its value; a PRUNED one with its user attribute
         :data:`~attrs.PRUNED_VALUE`, else Optuna's value of a pruned trial, else the worst fitness
@@ -75,7 +82,7 @@ class Tally:
         rec = SlotRecord.from_attr(t.system_attrs.get(attrs.SLOT))
         if rec is None or not rec.claimed:
             return
-        key = rec.key
+        key = rec.unit_key
         if t.state == TrialState.COMPLETE and t.value is not None:
             self.results.setdefault(key, fitness_of(t.value, maximize))
         elif t.state == TrialState.PRUNED:
@@ -94,16 +101,21 @@ class Ledger:
     """The slot results of one study, kept between calls.
 
     Args:
-        max_retries: failed evaluations of a slot before it counts with the worst fitness for
+        max_retries: failed evaluations of a unit before it counts with the worst fitness for
             the study's direction.
-        max_interruptions: interrupted attempts of a slot before it counts with the worst fitness.
+        max_interruptions: interrupted attempts of a unit before it counts with the worst fitness.
+        units_per_slot: trials that evaluate one slot (≥ 1): 1 when a trial fine-tunes with
+            every seed, the number of seeds when a trial fine-tunes with one.
     """
 
-    def __init__(self, max_retries: int, max_interruptions: int) -> None:
+    def __init__(self, max_retries: int, max_interruptions: int, units_per_slot: int = 1) -> None:
         self.max_retries = max_retries
         self.max_interruptions = max_interruptions
+        self.units_per_slot = units_per_slot
         self._base = Tally()
-        self._warned: set[Key] = set()
+        self._warned: set[UnitKey] = set()
+        #: Units resolved at the last :meth:`read` (evaluated, or given up as worst).
+        self.resolved_units = 0
 
     @property
     def upto(self) -> int:
@@ -112,13 +124,18 @@ class Ledger:
 
     def read(
         self, trials: Sequence[FrozenTrial], maximize: bool, trial_id: int | None = None
-    ) -> tuple[dict[Key, float], set[Key], dict[Key, int]]:
-        """Results, slots taken (resolved or held by a RUNNING trial) and failure counts.
+    ) -> tuple[dict[Key, float], set[UnitKey], dict[UnitKey, int]]:
+        """Slot results, units taken (resolved or held by a RUNNING trial), failure counts.
 
         Args:
             trials: the study's trials sorted by number (``trials[i].number == i``).
             maximize: the study's direction.
-            trial_id: a trial to ignore (the one asking for a slot).
+            trial_id: a trial to ignore (the one asking for a unit).
+
+        Returns:
+            ``(results, taken, failures)``: Φ of every slot whose units are all resolved (the
+            mean of the units' Φ), keyed by (generation, slot); the (generation, slot, seed
+            index) of every unit resolved or held; failed evaluations per unit.
         """
         base = self._base
         if not trials or trials[-1].number != len(trials) - 1 or base.upto > len(trials):
@@ -138,9 +155,20 @@ class Ledger:
             if key not in results and key not in held and (n > self.max_retries or m > self.max_interruptions):
                 if key not in self._warned:
                     self._warned.add(key)
+                    unit = f" (seed {key[2]})" if self.units_per_slot > 1 else ""
                     _logger.warning(
-                        "slot %s of generation %s failed %d times (and was interrupted %d times): "
-                        "counted with the worst fitness", key[1], key[0], n, m
+                        "slot %s of generation %s%s failed %d times (and was interrupted %d times): "
+                        "counted with the worst fitness", key[1], key[0], unit, n, m
                     )
                 results[key] = worst_fitness(maximize)
-        return results, held | set(results), dict(tally.failures)
+        self.resolved_units = len(results)
+        return self._slots(results), held | set(results), dict(tally.failures)
+
+    def _slots(self, units: dict[UnitKey, float]) -> dict[Key, float]:
+        """Φ of each slot whose ``units_per_slot`` units are all resolved: their mean."""
+        by_slot: dict[Key, list[float]] = {}
+        for (generation, slot, seed), phi in units.items():
+            if seed < self.units_per_slot:
+                by_slot.setdefault((generation, slot), []).append(phi)
+        n = self.units_per_slot
+        return {key: (phis[0] if n == 1 else sum(phis) / n) for key, phis in by_slot.items() if len(phis) == n}
