@@ -264,3 +264,20 @@ def test_ctrl_c_stops_the_trial_in_one_line_without_traceback(tmp_path):
     assert "interrupted: run the same command again to resume the study" in err
     stopped = optuna.load_study(study_name="c", storage=f"sqlite:///{db}").trials[-1]
     assert stopped.state == optuna.trial.TrialState.FAIL and stopped.user_attrs["interrupted"] is True
+
+
+def test_work_unit_is_one_seed_by_default_and_status_counts_units(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    two_seeds = [a if a != "684" else "684,559" for a in TINY]
+    proc = cli("create", *two_seeds, "--storage", storage, "--study-name", "units", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert optuna.load_study(study_name="units", storage=storage).user_attrs[CONFIG_ATTR]["work_unit"] == "seed"
+    status = cli("status", "--storage", storage, "--study-name", "units", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    out = " ".join(status.stdout.split())
+    assert "0 done, 0 running, 6 free (of 3 open slots × 2 seeds)" in out  # the initial population: P = 3
+    assert "8 at most (P + E = 3 + 1 slots per generation × 2 seeds, one trial each)" in out
+    # The same study with whole-slot trials is another config: refused, naming the field.
+    again = cli("create", *two_seeds, "--storage", storage, "--study-name", "units", "--work-unit", "trial", cwd=tmp_path)
+    assert again.returncode != 0 and "work_unit: stored 'seed', given 'trial'" in again.stderr + again.stdout
+    no_traceback(again)
