@@ -29,9 +29,10 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 
 import optuna
 import sqlalchemy.exc
@@ -164,14 +165,35 @@ def check_fingerprints(config: StudyConfig, splits: Splits) -> None:
         raise ConfigError(f"this worker's weights for {config.model} differ from the study's (sha256 mismatch)")
 
 
-def publish_quietly(study: optuna.Study, config: StudyConfig) -> None:
-    """Refresh the study's dashboard pages; a failure is logged, never fatal to the search."""
+def publish_quietly(study: optuna.Study, config: StudyConfig) -> bool:
+    """Refresh the study's dashboard pages; a failure is logged, never fatal to the search.
+    Returns True when pages were written."""
     from biotune_optuna.report.dashboard import publish
 
     try:
-        publish(study, config)
+        return publish(study, config)
     except Exception as e:  # noqa: BLE001 - plots are a view; the search goes on without them
         _logger.warning("could not update the dashboard pages (%s: %s)", type(e).__name__, e)
+        return False
+
+
+#: Seconds after a generation closed past which any worker redraws pages still behind (the
+#: worker whose trial closed it, which redraws them first, may have died meanwhile).
+REDRAW_FALLBACK_S = 60.0
+
+
+def closing_trial(trials: Sequence[optuna.trial.FrozenTrial], generation: int) -> optuna.trial.FrozenTrial | None:
+    """The trial that closed ``generation``: among its finished trials (COMPLETE, PRUNED, or FAIL
+    — a slot given up after failures), the last to finish (ties: the highest number). Every
+    worker that reads the same finished trials names the same one, so exactly one redraws the
+    dashboard pages when a generation closes. None when the generation has no finished trial
+    (its slots were all skipped)."""
+    finished = [
+        t for t in trials
+        if t.state.is_finished() and t.datetime_complete is not None
+        and (rec := slot_record(t)) is not None and rec.claimed and rec.generation == generation
+    ]
+    return max(finished, key=lambda t: (t.datetime_complete, t.number), default=None)
 
 
 _DATABASE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
@@ -340,8 +362,34 @@ class _Loop:
     def __init__(self, study: optuna.Study, config: StudyConfig, objective: Callable, url: str) -> None:
         self.study, self.config, self.objective, self.url = study, config, objective, url
         self.summary, self.published, self.told = WorkerSummary(), -1, 0.0
+        self.finished_here: set[int] = set()  # numbers of the trials this worker finished
         self.idle = Backoff(0.5, 10.0, 1.5)  # no free slot: the generation waits for running trials
         self.outage = Backoff(0.5, 30.0)  # the database does not answer
+
+    def _mine(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.finished_here.add(trial.number)
+
+    def _redraw_if_due(self, state) -> None:  # noqa: ANN001 - a SearchState
+        """Redraw the dashboard pages for the generations closed so far if this worker's trial
+        closed the latest one (:func:`closing_trial`), or if the pages are still behind
+        :data:`REDRAW_FALLBACK_S` after it closed; else leave them to that worker. Without this
+        every worker that sees a generation closed before the pages are written redraws them
+        (seconds of CPU each) before it claims its next unit."""
+        from biotune_optuna.report.dashboard import PUBLISHED_ATTR
+
+        closed = len(state.populations)
+        if self.published < 0:  # just started: pages are someone else's business unless behind
+            self.published = 0
+        closer = closing_trial(self.study.get_trials(deepcopy=False), closed - 1)
+        shown = _optuna.storage_of(self.study).get_study_system_attrs(_optuna.study_id(self.study)).get(PUBLISHED_ATTR, 0)
+        mine = closer is not None and closer.number in self.finished_here
+        late = closer is None or (datetime.now() - closer.datetime_complete).total_seconds() > REDRAW_FALLBACK_S
+        if shown >= closed:
+            self.published = closed
+        elif mine or late:
+            self.published = closed
+            if publish_quietly(self.study, self.config):
+                _logger.info("dashboard pages updated: %d generation(s) closed", closed)
 
     def step(self) -> bool:
         """Reap stale trials, then evaluate one trial if a slot is free, else wait a little.
@@ -354,8 +402,7 @@ class _Loop:
             optuna.storages.fail_stale_trials(study)
             state = sampler.search_state(study)
             if len(state.populations) > self.published:  # a generation closed: refresh the dashboard
-                self.published = len(state.populations)
-                publish_quietly(study, self.config)
+                self._redraw_if_due(state)
             if state.finished:
                 _logger.info("the search is finished: worker exits after %s", self.summary)
                 return False
@@ -366,7 +413,7 @@ class _Loop:
                 self.idle.sleep()
                 return True
             self.idle.reset()
-            study.optimize(self.objective, n_trials=1, catch=(Exception,), callbacks=[log_trial, self.summary.count])
+            study.optimize(self.objective, n_trials=1, catch=(Exception,), callbacks=[log_trial, self.summary.count, self._mine])
             self.outage.reset()
         except Exception as e:  # noqa: BLE001 - sorted below; anything else is re-raised
             if reaped_while_running(e):

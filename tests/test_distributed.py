@@ -144,6 +144,9 @@ def test_eight_workers_evaluate_every_seed_unit_exactly_once_with_one_worker_gen
         rec = t.system_attrs[SLOT_ATTR]
         by_slot.setdefault((rec["generation"], rec["slot"]), set()).add(t.user_attrs["worker_pid"])
     assert max(len(pids) for pids in by_slot.values()) > 1, logs
+    # One worker — the one whose trial closed the generation — redraws the dashboard pages.
+    redraws = [line for log in logs for line in log.splitlines() if "dashboard pages updated" in line]
+    assert sorted(line.split(": ")[-1] for line in redraws) == [f"{n} generation(s) closed" for n in (1, 2, 3)], redraws
 
 
 def running_trial_of(url: str, name: str, generation: int | None = None):
