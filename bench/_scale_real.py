@@ -97,7 +97,7 @@ def _biotune_child(url: str, name: str, unit_seconds: float, log: str) -> None:
     _instrument(rec)
     objective = _sleep_objective(rec, unit_seconds, REAL.seeds, True)
     try:
-        run_worker(url, name, objective_factory=lambda config, splits, device: objective)
+        run_worker(url, name, objective_factory=lambda config, splits, device: objective, final_protocol=False)
     finally:
         Path(log).write_text(json.dumps(rec))
 

@@ -99,7 +99,7 @@ def _waiting_worker(url: str, counts, i: int, cache: str) -> None:  # noqa: ANN0
         time.sleep(600)  # stopped by SIGTERM at the end of the case
         return 0.5
 
-    run_worker(url, "wait", objective_factory=lambda config, splits, device: objective, wait_seconds=300, cache_dir=cache)
+    run_worker(url, "wait", objective_factory=lambda config, splits, device: objective, wait_seconds=300, cache_dir=cache, final_protocol=False)
 
 
 def _holder(url: str, held, release, released_at) -> None:  # noqa: ANN001

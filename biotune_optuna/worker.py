@@ -18,7 +18,10 @@ study's stored config (DESIGN.md, flow step 2). It
   ``AssertionError: Should not reach.`` or ``ValueError: Cannot tell a FAIL trial``) with one
   log line;
 * on SIGTERM / SIGINT fails the current trial cleanly (its slot is handed out again) and
-  returns normally.
+  returns normally;
+* once the search is finished, takes work units of the final protocol (BioTune's best genome
+  and the study's baselines with their default sweeps, every seed: ``report.final.final_report``)
+  alongside the other workers, so ``report`` finds the results stored.
 """
 
 from __future__ import annotations
@@ -182,6 +185,26 @@ def publish_quietly(study: optuna.Study, config: StudyConfig) -> bool:
 REDRAW_FALLBACK_S = 60.0
 
 
+def join_final_protocol(study: optuna.Study, config: StudyConfig, splits: Splits, device: str) -> None:
+    """Take final-protocol units with the other workers until every row is decided
+    (:func:`biotune_optuna.report.final.final_report`: BioTune's best genome and
+    ``config.baselines`` with the default sweep; rows are stored in the study). A unit that
+    keeps failing is logged as an error and left to ``report``."""
+    from biotune_optuna.report.final import final_report
+    from biotune_optuna.report.units import UnitFailed
+
+    _logger.info("the search is finished: this worker takes final-protocol units (every method × seed on the full splits)")
+    try:
+        rows = final_report(
+            study, config, splits, device, on_event=_logger.info,
+            on_seed=lambda name, seed, val: _logger.info("final · %s · seed %d · val %.4f", name, seed, val),
+        )
+    except UnitFailed as e:
+        _logger.error("final protocol stopped: %s", e)
+        return
+    _logger.info("final protocol done: %s", "; ".join(f"{r.method} {r.accuracy_text}" for r in rows))
+
+
 def closing_trial(trials: Sequence[optuna.trial.FrozenTrial], generation: int) -> optuna.trial.FrozenTrial | None:
     """The trial that closed ``generation``: among its finished trials (COMPLETE, PRUNED, or FAIL
     — a slot given up after failures), the last to finish (ties: the highest number). Every
@@ -239,6 +262,7 @@ def run_worker(
     cache_dir: str | os.PathLike | None = None,
     feature_cache_bytes: int = DEFAULT_MAX_BYTES,
     strict: bool = False,
+    final_protocol: bool = True,
 ) -> WorkerSummary:
     """Evaluate trials of ``study_name`` until the search is finished (or ``max_trials``).
 
@@ -257,6 +281,9 @@ def run_worker(
             passes :func:`biotune_optuna.finetune.data.dataset_cache_dir` unless ``--no-cache``.
         feature_cache_bytes: memory for this worker's frozen-prefix features (0: off).
         strict: refuse a dataset folder with unreadable image files instead of leaving them out.
+        final_protocol: when the search is finished, share the final protocol's work units
+            (:func:`biotune_optuna.report.final.final_report` with the study's baselines and the
+            default sweep) before exiting; False exits at once.
 
     Returns:
         How many trials this worker evaluated, and how many it lost (reaped while running).
@@ -284,6 +311,8 @@ def run_worker(
     _optuna.reap_on_heartbeat(study)
     _logger.info("worker joined study %r in %s", study_name, redact(url))
     loop = _Loop(study, config, objective, url)
+    if final_protocol:
+        loop.final = lambda: join_final_protocol(study, config, splits, device)
     with _stopped_by_signals() as stop, _quiet_reaped_trials():
         try:
             while not stop.is_set() and (max_trials is None or loop.summary.evaluated < max_trials) and loop.step():
@@ -363,6 +392,7 @@ class _Loop:
         self.study, self.config, self.objective, self.url = study, config, objective, url
         self.summary, self.published, self.told = WorkerSummary(), -1, 0.0
         self.finished_here: set[int] = set()  # numbers of the trials this worker finished
+        self.final: Callable[[], None] | None = None  # the final protocol's share, once the search is finished
         self.idle = Backoff(0.5, 10.0, 1.5)  # no free slot: the generation waits for running trials
         self.outage = Backoff(0.5, 30.0)  # the database does not answer
 
@@ -404,6 +434,8 @@ class _Loop:
             if len(state.populations) > self.published:  # a generation closed: refresh the dashboard
                 self._redraw_if_due(state)
             if state.finished:
+                if self.final is not None:
+                    self.final()
                 _logger.info("the search is finished: worker exits after %s", self.summary)
                 return False
             if not sampler.free_units(study):

@@ -62,5 +62,5 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(process)d %(message)s")
     url, name = sys.argv[1], sys.argv[2]
     grace = int(os.environ.get("TOY_GRACE", "4"))
-    summary = run_worker(url, name, objective_factory=factory, heartbeat_interval=1, grace_period=grace, wait_seconds=float(os.environ.get("TOY_WAIT", "120")))
+    summary = run_worker(url, name, objective_factory=factory, heartbeat_interval=1, grace_period=grace, wait_seconds=float(os.environ.get("TOY_WAIT", "120")), final_protocol=False)
     print(f"worker done: {summary}", flush=True)

@@ -17,6 +17,7 @@ import torch
 from biotune_optuna.config import ConfigError, DatasetSpec, Recipe, StudyConfig
 from biotune_optuna.finetune.backbones import load_backbone
 from biotune_optuna.finetune.data import load_dataset
+from biotune_optuna.report import final as final_module
 from biotune_optuna.report import protocol
 from biotune_optuna.report.comparison import best_genome, search_cost
 from biotune_optuna.report.final import final_report
@@ -87,7 +88,7 @@ class CountTestCalls:
         monkeypatch.setattr(protocol, "evaluate", spy)
 
 
-def test_a_baseline_is_tuned_on_validation_and_only_its_choice_is_tested(tiny, tmp_path, monkeypatch):
+def test_a_baseline_is_tuned_on_validation_and_no_test_score_is_read_or_shown(tiny, tmp_path, monkeypatch):
     config, splits = tiny
     study = searched_study(f"sqlite:///{tmp_path / 's.db'}", config)
     tested = CountTestCalls(monkeypatch, splits)
@@ -103,28 +104,40 @@ def test_a_baseline_is_tuned_on_validation_and_only_its_choice_is_tested(tiny, t
     vals = [c["val_accuracy"] for c in llrd.tuning]
     assert llrd.chosen == llrd.tuning[vals.index(max(vals))]["params"]  # best validation, earliest on ties
     assert llrd.val_accuracies[0] == pytest.approx(max(vals), abs=1e-6)
-    assert tested.n == 2  # one seed each for BioTune and the chosen LLRD candidate: no test peeking
-    assert sum("tune · LLRD" in line for line in lines) == 3
+    # Every unit is tested when it finishes (no process keeps models between units), but the
+    # choice and everything shown read validation accuracy only: no test peeking.
+    assert tested.n == 1 + 3
+    assert all(set(c) == {"params", "val_accuracy"} for c in llrd.tuning)
+    tune_lines = [line for line in lines if "tune · LLRD" in line]
+    assert len(tune_lines) == 3 and all("test" not in line for line in tune_lines)
+    final = optuna.load_study(study_name="tiny:final", storage=f"sqlite:///{tmp_path / 's.db'}")
+    chosen = [t for t in final.trials if t.user_attrs[attrs.FINAL_UNIT]["params"] == llrd.chosen]
+    assert [t.user_attrs[attrs.FINAL_UNIT_RESULT]["test_accuracy"] for t in chosen] == llrd.test_accuracies
     sel, fin = llrd.cost["selection"], llrd.cost["final"]
     assert sel["configs"] == 3 and sel["fine_tunes"] == 2 and fin["fine_tunes"] == 1 and fin["epochs"] == 1
     assert biotune.cost["selection"]["evaluations"] == biotune.evaluations == 7 == biotune.cost["selection"]["slots"]
     assert biotune.chosen["lr_by_block"] and len(biotune.chosen["genome"]) == len(config.blocks) + 1
 
 
-def test_results_are_kept_in_the_study_reused_and_resumed_per_method(tiny, tmp_path):
+def test_results_are_kept_in_the_study_reused_and_resumed_per_unit(tiny, tmp_path, monkeypatch):
     config, splits = tiny
     url = f"sqlite:///{tmp_path / 's.db'}"
     study = searched_study(url, config)
     trained = []
+    real_run_unit = final_module.run_unit
 
-    def on_seed(name, seed, acc):
-        trained.append(name)
-        if name == "Full fine-tuning":
-            raise KeyboardInterrupt  # the report is stopped half-way
+    def stopped_in_full(unit, *args, **kwargs):
+        if unit.method == "baseline:full":
+            raise KeyboardInterrupt  # the report is stopped half-way, inside a unit
+        return real_run_unit(unit, *args, **kwargs)
 
+    monkeypatch.setattr(final_module, "run_unit", stopped_in_full)
     with pytest.raises(KeyboardInterrupt):
-        final_report(study, config, splits, "cpu", on_seed, ["linear", "full"], tuning=NO_TUNING)
-    assert trained == ["BioTune", "Linear probing", "Full fine-tuning"]
+        final_report(study, config, splits, "cpu", lambda *a: trained.append(a[0]), ["linear", "full"], tuning=NO_TUNING)
+    assert trained == ["BioTune", "Linear probing"]
+    units = optuna.load_study(study_name="tiny:final", storage=url).trials
+    assert [t.state.name for t in units] == ["COMPLETE", "COMPLETE", "FAIL"] and units[2].user_attrs[attrs.INTERRUPTED]
+    monkeypatch.setattr(final_module, "run_unit", real_run_unit)
 
     def no_data():
         raise AssertionError("a stored method was retrained")
@@ -133,20 +146,21 @@ def test_results_are_kept_in_the_study_reused_and_resumed_per_method(tiny, tmp_p
     again = optuna.load_study(study_name="tiny", storage=url)  # a new process reading the storage
     rows = final_report(again, config, lambda: splits, "cpu", on_seed=lambda *a: trained.append(a[0]),
                         baselines=["linear", "full"], tuning=NO_TUNING)
-    assert trained == ["Full fine-tuning"]  # resumed: only the method that had not finished
-    assert [r.stored for r in rows] == [True, True, False]
+    assert trained == ["Full fine-tuning"]  # resumed: only the unit that had not finished
+    assert [r.stored for r in rows] == [False, False, False]
     assert rows[1].chosen == {"lr": config.recipe.base_lr} and rows[1].tuning == []
 
     rows2 = final_report(again, config, no_data, "cpu", baselines=["linear", "full"], tuning=NO_TUNING)
     assert all(r.stored for r in rows2)
     assert [r.to_dict()["test_accuracies"] for r in rows2] == [r.test_accuracies for r in rows]
     trained.clear()
-    tuned = TuneSpec(lrs=(1e-3, 1e-2))  # another sweep: that method is recomputed, the others not
+    tuned = TuneSpec(lrs=(1e-3, 1e-2))  # another sweep: its new candidate is trained, the others not
     final_report(again, config, splits, "cpu", lambda *a: trained.append(a[0]), ["linear"], tuning=tuned)
-    assert trained == ["Linear probing"]
+    assert trained == ["Linear probing"]  # lr 1e-3 with this seed is the unit NO_TUNING trained
     trained.clear()
     final_report(again, config, splits, "cpu", lambda *a: trained.append(a[0]), ["linear"], tuning=tuned, recompute=True)
-    assert trained == ["BioTune", "Linear probing"]
+    assert trained == ["BioTune", "Linear probing", "Linear probing"]
+    assert again.user_attrs[attrs.FINAL_ROUND] == 1
 
 
 def test_every_sampler_best_counts_pruned_evaluations_and_costs_are_counted_alike(tiny):

@@ -86,7 +86,7 @@ def test_a_worker_prunes_real_fine_tunes_only_when_the_study_asks(pg_url, monkey
     config = make_config(pruner)
     create_or_resume(open_storage(pg_url, create_tables=True), "p", config)
     with caplog.at_level(logging.INFO, logger="biotune_optuna.worker"):
-        assert run_worker(pg_url, "p", device="cpu", heartbeat_interval=1, grace_period=60, wait_seconds=30).evaluated == 5
+        assert run_worker(pg_url, "p", device="cpu", heartbeat_interval=1, grace_period=60, wait_seconds=30, final_protocol=False).evaluated == 5
     logged = [r.getMessage() for r in caplog.records if r.name == "biotune_optuna.worker" and r.getMessage().startswith("trial ")]
 
     study = optuna.load_study(study_name="p", storage=pg_url)

@@ -199,9 +199,12 @@ def _add_worker(sub: argparse._SubParsersAction) -> None:
         "worker",
         help="evaluate trials of a shared study until its search is finished",
         description=(
-            "Join a study made by `create` and evaluate trials until the search is finished, then exit 0. "
-            "Stateless: start as many as you like, on any machines, at any time; SIGTERM/SIGINT fail the "
-            "current trial cleanly (its slot is redone) and exit 0."
+            "Join a study made by `create` and evaluate trials until the search is finished; then share the "
+            "final protocol (BioTune's best genome and the study's baselines, tuned, retrained with every seed "
+            "on the full splits and tested: one work unit per configuration and seed) with the other workers, "
+            "and exit 0. `report` then shows the stored results without retraining. Stateless: start as many "
+            "as you like, on any machines, at any time; SIGTERM/SIGINT fail the current trial or unit cleanly "
+            "(it is redone) and exit 0."
         ),
         formatter_class=HelpFormatter,
     )
@@ -209,6 +212,8 @@ def _add_worker(sub: argparse._SubParsersAction) -> None:
     _device_option(worker)
     _feature_cache_option(worker)
     worker.add_argument("--max-trials", type=int, help="exit after this many trials")
+    worker.add_argument("--no-final", action="store_true",
+                        help="exit when the search is finished instead of taking final-protocol units (`report` does them)")
     worker.add_argument("--heartbeat-interval", type=int, default=10, help="seconds between heartbeats of a running trial")
     worker.add_argument("--grace-period", type=int, default=300, help="seconds without heartbeat before another worker fails a trial and redoes its slot")
     worker.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the database and the study to appear")

@@ -81,7 +81,7 @@ def write_full_report(
     has to be trained."""
 
     def on_seed(name: str, seed: int, acc: float) -> None:
-        console.print(f"final · {name} · seed {seed} · test {acc:.4f}")
+        console.print(f"final · {name} · seed {seed} · val {acc:.4f}")
 
     console.rule("final evaluation: full training split, every seed, test split")
     rows = final_report(

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
         storage_url(args), args.study_name, device=args.device, max_trials=args.max_trials,
         heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period, wait_seconds=args.wait,
         cache_dir=dataset_cache(vars(args)), feature_cache_bytes=feature_cache_bytes(args.feature_cache_mb),
-        strict=args.strict,
+        strict=args.strict, final_protocol=not args.no_final,
     )
     console.print(f"worker done: {summary}")
     return 0

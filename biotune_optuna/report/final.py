@@ -8,8 +8,9 @@ protocol). Each row says what was chosen and what it cost: for BioTune and the o
 the search (:func:`~biotune_optuna.report.comparison.search_cost`), for a baseline the
 candidates it did not choose; then the final runs.
 
-Rows are stored in the study as they finish (:mod:`.stored`): a second report shows them
-without retraining, an interrupted one resumes with the methods it had not finished.
+Each (configuration, seed) is a work unit (:mod:`.units`) that workers and the report share;
+an interrupted report resumes with the units it had not finished. Decided rows are stored in
+the study (:mod:`.stored`): a second report shows them without loading data.
 """
 
 from __future__ import annotations
@@ -24,15 +25,16 @@ import optuna
 from biotune_optuna.config import BASELINE_LABELS, SAMPLER_LABELS, ConfigError, StudyConfig
 from biotune_optuna.finetune.data import Splits
 from biotune_optuna.finetune.features import FeatureCache
-from biotune_optuna.report import stored
+from biotune_optuna.report import stored, units
 from biotune_optuna.report.comparison import EVALUATED, best_genome, search_cost
-from biotune_optuna.report.protocol import MethodSpec, SeedRuns, score_test, train_seeds
+from biotune_optuna.report.protocol import run_unit
 from biotune_optuna.report.tables import to_markdown, write_report
-from biotune_optuna.report.tuning import TuneSpec, describe, tune_baseline
+from biotune_optuna.report.tuning import Tuned, TuneSpec, describe, plan_sweep, run_cost
+from biotune_optuna.report.units import Unit, seed_results
 from biotune_optuna.search import decode
 from biotune_optuna.study.studies import search_state
 
-__all__ = ["EVALUATED", "MethodResult", "evaluate_method", "final_report", "search_summary", "to_markdown", "write_report"]
+__all__ = ["EVALUATED", "MethodResult", "final_report", "search_summary", "to_markdown", "write_report"]
 
 
 @dataclass
@@ -102,42 +104,13 @@ class MethodResult:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def _tested(
-    name: str, key: str, runs: SeedRuns, config: StudyConfig, splits: Splits, device: str,
-    on_seed: Callable[[str, int, float], None] | None,
-) -> MethodResult:
-    """The row of ``runs`` once their models are scored on the test split."""
-    hook = None if on_seed is None else (lambda seed, acc: on_seed(name, seed, acc))
-    accs = score_test(runs, config, splits, device, hook)
+def _row(label: str, key: str, results: Sequence[dict], **extra) -> MethodResult:
+    """A table row from one configuration's unit results (one per seed)."""
     return MethodResult(
-        name, accs, 100.0 * runs.trainable_fraction, runs.seconds, key=key,
-        val_accuracies=list(runs.val_accuracies), cost={"final": runs.cost()},
+        label, [r["test_accuracy"] for r in results], 100.0 * results[0]["trainable_fraction"],
+        round(sum(r["seconds"] for r in results), 3), key=key, val_accuracies=[r["val_accuracy"] for r in results],
+        cost={"final": run_cost(results)}, **extra,
     )
-
-
-def evaluate_method(
-    name: str,
-    config: StudyConfig,
-    splits: Splits,
-    method: MethodSpec,
-    device: str = "auto",
-    on_seed: Callable[[str, int, float], None] | None = None,
-    feature_cache: FeatureCache | None = None,
-) -> MethodResult:
-    """Retrain one configuration with every seed on the full splits and score the test split.
-
-    Args:
-        name: display name of the method.
-        method: learning rate per fine-tuned block (others frozen), or a function building a
-            baseline :class:`~biotune_optuna.finetune.training.Method` for each fresh backbone.
-        on_seed: called as ``on_seed(name, seed, test_accuracy)`` after each seed.
-        feature_cache: frozen-prefix features shared by the seeds (and by other methods that
-            freeze the same first blocks); the test split always runs through the whole model.
-    """
-    row = _tested(name, "", train_seeds(config, splits, method, device, feature_cache), config, splits, device, on_seed)
-    if isinstance(method, Mapping):
-        row.trainable_blocks = [b for b in config.blocks if b in method]
-    return row
 
 
 def search_summary(study: optuna.Study, config: StudyConfig) -> tuple[tuple[float, ...], float, int]:
@@ -153,50 +126,47 @@ def search_summary(study: optuna.Study, config: StudyConfig) -> tuple[tuple[floa
     return state.best.genome, cost["seconds"], cost["evaluations"]
 
 
-def _search_row(
-    name: str, key: str, study: optuna.Study, genome: Sequence[float], config: StudyConfig,
-    data: Callable[[], Splits], device: str, on_seed: Callable | None, cache: FeatureCache,
-) -> MethodResult:
-    """The final protocol for a search's best genome, with the search's cost."""
-    plan = decode(genome, config.blocks, config.recipe.base_lr)
-    row = evaluate_method(name, config, data(), plan.lr_by_block, device, on_seed, cache)
-    row.key, row.chosen = key, {"genome": list(genome), "lr_by_block": plan.lr_by_block}
-    return _refresh_search_cost(row, study, config)
+@dataclass
+class _Method:
+    """One row to compute: its stored-result basis, its units' plan and how to build the row."""
+
+    key: str
+    label: str
+    basis: dict
+    decide: Callable[[Mapping[str, dict]], tuple[list[Unit], object | None]]
+    build: Callable[[object], MethodResult]
+    source: optuna.Study | None = None  # a search's study (its cost is read from it)
 
 
-def _baseline_row(
-    key: str, config: StudyConfig, data: Callable[[], Splits], spec: TuneSpec, device: str,
-    on_seed: Callable | None, cache: FeatureCache, on_event: Callable[[str], None],
-) -> MethodResult:
-    """Tune baseline ``key`` on the validation split, then score the chosen runs on test."""
-    label, splits = BASELINE_LABELS[key], data()
+def _search_method(key: str, label: str, source: optuna.Study, genome: Sequence[float], config: StudyConfig, round_: int) -> _Method:
+    """A search's best genome: one unit per seed, no choice to make."""
+    lr_by_block = decode(genome, config.blocks, config.recipe.base_lr).lr_by_block
+    todo = [Unit(key, {"lr_by_block": lr_by_block}, seed, round_) for seed in config.seeds]
 
-    def on_candidate(params: dict, val: float) -> None:
-        on_event(f"tune · {label} · {describe(params)} · val {val:.4f}")
+    def decide(done: Mapping[str, dict]) -> tuple[list[Unit], list[dict] | None]:
+        return [u for u in todo if u.ident not in done], seed_results(todo, done)
 
-    tuned = tune_baseline(key, config, splits, spec, device, cache, on_candidate if spec.enabled else None)
-    row = _tested(label, f"baseline:{key}", tuned.runs, config, splits, device, on_seed)
-    row.chosen, row.tuning = tuned.chosen, tuned.trace if spec.enabled else []
-    row.cost["selection"] = tuned.selection
-    return row
+    def build(results: list[dict]) -> MethodResult:
+        row = _row(label, key, results, trainable_blocks=[b for b in config.blocks if b in lr_by_block],
+                   chosen={"genome": list(genome), "lr_by_block": lr_by_block})
+        return _refresh_search_cost(row, source, config)
+
+    return _Method(key, label, {"genome": list(genome), "seeds": list(config.seeds)}, decide, build, source)
 
 
-def _stored_or_computed(
-    study: optuna.Study, key: str, label: str, basis: Mapping, compute: Callable[[], MethodResult],
-    recompute: bool, store: bool, on_event: Callable[[str], None],
-) -> MethodResult:
-    """The row stored in the study for ``basis``, else a computed one (then stored)."""
-    if not recompute and (row := stored.load(study, key, basis)) is not None:
-        result = MethodResult.from_dict(row)
-        result.stored = True
-        on_event(f"{result.method}: stored result (not retrained; --recompute retrains)")
-        return result
-    if not recompute and stored.has_other(study, key):
-        on_event(f"{label}: the stored result was computed for another configuration or sweep: recomputing")
-    row = compute()
-    if store:
-        stored.save(study, key, basis, {k: v for k, v in row.to_dict().items() if k != "stored"})
-    return row
+def _baseline_method(key: str, config: StudyConfig, spec: TuneSpec, round_: int) -> _Method:
+    """A baseline: its sweep's units (:func:`~biotune_optuna.report.tuning.plan_sweep`), then the row of the chosen candidate."""
+    label, base = BASELINE_LABELS[key], config.recipe.base_lr
+
+    def decide(done: Mapping[str, dict]) -> tuple[list[Unit], Tuned | None]:
+        return plan_sweep(key, spec, base, config.seeds, done, round_)
+
+    def build(tuned: Tuned) -> MethodResult:
+        row = _row(label, f"baseline:{key}", tuned.results, chosen=tuned.chosen, tuning=tuned.trace if spec.enabled else [])
+        row.cost["selection"] = tuned.selection
+        return row
+
+    return _Method(f"baseline:{key}", label, {**spec.basis(key, base), "seeds": list(config.seeds)}, decide, build)
 
 
 def final_report(
@@ -217,40 +187,67 @@ def final_report(
     other sampler's study (read as BioTune reads its own: pruned evaluations count with their
     stand-in value), and each baseline (default ``config.baselines``), tuned by ``tuning``.
 
+    Every (configuration, seed) is a work unit in the study's companion ``<study>:final``
+    (:mod:`.units`): this process trains units until none is needed, sharing them with any
+    worker doing the same (``worker`` does, once the search is finished), and alone does them
+    all. Units already finished — by an interrupted report, or by workers — are not retrained.
+
     Args:
-        splits: the dataset, or a function returning it (called only if a method must be
-            trained: a report whose rows are all stored loads no data).
+        splits: the dataset, or a function returning it (called only if a unit must be
+            trained here: a report whose rows or units are all stored loads no data).
+        on_seed: called as ``on_seed(method, seed, best validation accuracy)`` after each unit
+            this process trained.
         tuning: the baselines' sweep (default :class:`~biotune_optuna.report.tuning.TuneSpec`;
             ``tuning.NO_TUNING`` for the paper's fixed learning rate).
-        recompute: retrain every method even when the study holds its result.
-        store: keep each row in the study as it finishes (:mod:`.stored`).
-        on_event: called with one log line per stored row reused and per tuning candidate.
+        recompute: retrain every method even when the study holds its result (a new round of
+            units: :func:`~biotune_optuna.report.units.new_round`).
+        store: keep each row in the study once decided (:mod:`.stored`).
+        on_event: called with one log line per stored row reused and per tuning candidate trained.
 
     Returns:
         One row per method: BioTune, the samplers (in the order given), the baselines.
 
     Raises:
         ConfigError: if BioTune's search has not closed its initial population yet.
+        UnitFailed: a unit's training raised :data:`~biotune_optuna.report.units.MAX_FAILURES` times.
     """
     spec = TuneSpec() if tuning is None else tuning
     say = on_event or (lambda line: None)
-    data = splits if callable(splits) else (lambda: splits)
-    cache = FeatureCache()
+    data = functools.cache(splits if callable(splits) else (lambda: splits))
     genome, _, _ = search_summary(study, config)
-    seeds = list(config.seeds)
-    searches = {"biotune": ("BioTune", study, genome)}
+    round_ = units.new_round(study) if recompute else units.current_round(study)
+    methods = [_search_method("biotune", "BioTune", study, genome, config, round_)]
     for key, other in (sampler_studies or {}).items():
-        searches[f"sampler:{key}"] = (f"{SAMPLER_LABELS[key]} (same budget)", other, best_genome(other, config))
-    rows = []
-    for key, (label, source, best) in searches.items():
-        compute = functools.partial(_search_row, label, key, source, best, config, data, device, on_seed, cache)
-        row = _stored_or_computed(study, key, label, {"genome": list(best), "seeds": seeds}, compute, recompute, store, say)
-        rows.append(_refresh_search_cost(row, source, config))
-    for key in config.baselines if baselines is None else baselines:
-        basis = {**spec.basis(key, config.recipe.base_lr), "seeds": seeds}
-        compute = functools.partial(_baseline_row, key, config, data, spec, device, on_seed, cache, say)
-        rows.append(_stored_or_computed(study, f"baseline:{key}", BASELINE_LABELS[key], basis, compute, recompute, store, say))
-    return rows
+        label = f"{SAMPLER_LABELS[key]} (same budget)"
+        methods.append(_search_method(f"sampler:{key}", label, other, best_genome(other, config), config, round_))
+    methods += [_baseline_method(key, config, spec, round_) for key in (config.baselines if baselines is None else baselines)]
+    rows: dict[str, MethodResult] = {}
+    for m in methods:
+        if not recompute and (row := stored.load(study, m.key, m.basis)) is not None:
+            rows[m.key] = MethodResult.from_dict(row)
+            rows[m.key].stored = True
+            say(f"{m.label}: stored result (not retrained; --recompute retrains)")
+        elif not recompute and stored.has_other(study, m.key):
+            say(f"{m.label}: the stored result was computed for another configuration or sweep: recomputing")
+    todo = [m for m in methods if m.key not in rows]
+    if todo:
+        labels, cache = {m.key: m.label for m in todo}, FeatureCache()
+
+        def on_done(unit: Unit, result: dict) -> None:
+            if unit.method.startswith("baseline:"):
+                say(f"tune · {labels[unit.method]} · {describe(unit.params)} · seed {unit.seed} · val {result['val_accuracy']:.4f}")
+            if on_seed is not None:
+                on_seed(labels[unit.method], unit.seed, result["val_accuracy"])
+
+        done = units.work(
+            units.final_study(study), lambda d: [u for m in todo for u in m.decide(d)[0]],
+            lambda unit: run_unit(unit, config, data(), device, cache), on_done,
+        )
+        for m in todo:
+            rows[m.key] = m.build(m.decide(done)[1])
+            if store:
+                stored.save(study, m.key, m.basis, {k: v for k, v in rows[m.key].to_dict().items() if k != "stored"})
+    return [rows[m.key] if m.source is None else _refresh_search_cost(rows[m.key], m.source, config) for m in methods]
 
 
 def _refresh_search_cost(row: MethodResult, study: optuna.Study, config: StudyConfig) -> MethodResult:

@@ -179,7 +179,7 @@ def run_replicate(runner: Runner, plan: ReplicatePlan, base_name: str, config: S
         others[key] = run_search(runner.storage, plan.study_name, config, key, objective(), runner.workers, [trial_logger(log, label)])
 
     def on_seed(name: str, seed: int, acc: float) -> None:
-        log(f"{tag} · final · {name} · seed {seed} · test {acc:.4f}")
+        log(f"{tag} · final · {name} · seed {seed} · val {acc:.4f}")
 
     final = dataclasses.replace(config, seeds=request.final_seeds)
     rows = final_report(study, final, splits, runner.device, on_seed, request.baselines, others)

@@ -6,8 +6,9 @@ one base rate would make "BioTune wins" partly "tuned beats untuned". So every b
 small sweep (spec/baselines.md names the grids), each candidate trained exactly as the final
 protocol trains (full training split, every seed, same loop, epochs and early stopping), and
 the candidate with the best mean validation macro accuracy over the seeds is chosen — the test
-split is never looked at for the choice. The chosen candidate's models *are* its final runs:
-only they are scored on the test split, so tuning costs the other candidates and nothing more.
+split is never looked at for the choice. The chosen candidate's runs *are* its final runs, so
+tuning costs the other candidates and nothing more. Each (candidate, seed) is one work unit of
+:mod:`.units` (:func:`plan_sweep`), so workers share a sweep.
 
 Default grids (base = the study's base learning rate):
 
@@ -37,14 +38,13 @@ every baseline at the base learning rate with its default options.
 from __future__ import annotations
 
 import itertools
+import statistics
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from biotune_optuna.config import BASELINE_LABELS, ConfigError, StudyConfig, check_choice, check_learning_rate
-from biotune_optuna.finetune.baselines import make_baseline, options
-from biotune_optuna.finetune.data import Splits
-from biotune_optuna.finetune.features import FeatureCache
-from biotune_optuna.report.protocol import SeedRuns, train_seeds
+from biotune_optuna.config import BASELINE_LABELS, ConfigError, check_choice, check_learning_rate
+from biotune_optuna.finetune.baselines import options
+from biotune_optuna.report.units import Unit, seed_results
 
 STRATEGIES = ("coordinate", "grid")
 #: Learning rates tried, as multiples of the base learning rate (BioTune's per-block range).
@@ -162,20 +162,25 @@ def _parser(name: str, default: object) -> Callable[[str], object]:
 # ------------------------------------------------------------------------------ the sweep
 @dataclass
 class Tuned:
-    """A baseline's sweep, done.
+    """A baseline's sweep, decided.
 
     Attributes:
-        chosen: the chosen candidate's parameters (``lr`` and every option swept).
-        runs: the chosen candidate's runs — its final-protocol runs, not yet tested.
+        chosen: the chosen candidate's parameters (``lr`` and every option swept, plus the
+            defaults of swept-grid options it did not set).
+        results: the chosen candidate's unit results, one per seed (its final-protocol runs).
         trace: every candidate tried, in order: ``{"params": …, "val_accuracy": mean}``.
         selection: the cost of the candidates *not* chosen: ``{"configs", "fine_tunes",
             "epochs", "seconds"}`` (``configs`` counts all candidates tried).
     """
 
     chosen: dict
-    runs: SeedRuns
+    results: list[dict]
     trace: list[dict]
     selection: dict
+
+
+class _Undecided(Exception):
+    """A later stage of a coordinate sweep needs the best candidate of a stage not yet done."""
 
 
 def _anchor(values: tuple, default: object) -> object:
@@ -197,48 +202,69 @@ def _candidates(key: str, grid: Mapping[str, tuple], strategy: str, best: Callab
         yield from ({**best(), name: v} for v in values)
 
 
-def tune_baseline(
-    key: str,
-    config: StudyConfig,
-    splits: Splits,
-    spec: TuneSpec,
-    device: str = "auto",
-    feature_cache: FeatureCache | None = None,
-    on_candidate: Callable[[dict, float], None] | None = None,
-) -> Tuned:
-    """Sweep baseline ``key`` (module docstring) and return the candidate with the best mean
-    validation macro accuracy over ``config.seeds``, with its trained runs.
+def plan_sweep(
+    key: str, spec: TuneSpec, base_lr: float, seeds: Sequence[int], done: Mapping[str, dict], round_: int = 0
+) -> tuple[list[Unit], Tuned | None]:
+    """Baseline ``key``'s sweep (module docstring) as final-protocol work units.
 
-    Args:
-        on_candidate: called as ``on_candidate(params, mean validation accuracy)`` per candidate.
+    Walks the candidates in order; a candidate is tried once all its seeds' units are in
+    ``done`` (ident → result, :mod:`.units`). Returns the units still needed — every candidate
+    of the current stage at once, so workers train them side by side — and, once none is,
+    the decision: the candidate with the best mean validation macro accuracy over ``seeds``
+    (ties: the earlier one). Test accuracy is never read here.
 
     Raises:
-        ValueError: on an option value the baseline refuses (e.g. decay > 1).
+        ValueError: on an option value the baseline refuses (when its unit trains).
     """
-    grid = spec.grid(key, config.recipe.base_lr)
+    grid = spec.grid(key, base_lr)
+    method = f"baseline:{key}"
     tried: set[tuple] = set()
-    best: dict = {"params": None, "runs": None}
-    trace, spent = [], {"fine_tunes": 0, "epochs": 0, "seconds": 0.0}
-    for params in _candidates(key, grid, spec.strategy, lambda: dict(best["params"])):
-        ident = tuple(sorted(params.items()))
-        if ident in tried:
-            continue
-        options_ = {k: v for k, v in params.items() if k != "lr"}
-        runs = train_seeds(
-            config, splits, lambda bb, p=params, o=options_: make_baseline(key, bb, p["lr"], **o), device, feature_cache
-        )
-        tried.add(ident)
-        trace.append({"params": dict(params), "val_accuracy": round(runs.val_mean, 6)})
-        for k, v in runs.cost().items():
-            spent[k] += v
-        if on_candidate is not None:
-            on_candidate(params, runs.val_mean)
-        if best["runs"] is None or runs.val_mean > best["runs"].val_mean:  # ties: the earlier one
-            best.update(params=dict(params), runs=runs)
-    chosen_runs = best["runs"]
-    selection = {"configs": len(trace), **{k: round(spent[k] - v, 3) for k, v in chosen_runs.cost().items()}}
+    best: dict = {"params": None, "val": None, "results": None}
+    trace, needed = [], []
+
+    def best_so_far() -> dict:
+        if needed or best["params"] is None:
+            raise _Undecided
+        return dict(best["params"])
+
+    try:
+        for params in _candidates(key, grid, spec.strategy, best_so_far):
+            ident = tuple(sorted(params.items()))
+            if ident in tried:
+                continue
+            tried.add(ident)
+            units = [Unit(method, dict(params), seed, round_) for seed in seeds]
+            results = seed_results(units, done)
+            if results is None:
+                needed += [u for u in units if u.ident not in done]
+                continue
+            val = statistics.fmean(r["val_accuracy"] for r in results)
+            trace.append({"params": dict(params), "val_accuracy": round(val, 6)})
+            if best["val"] is None or val > best["val"]:
+                best.update(params=dict(params), val=val, results=results)
+    except _Undecided:
+        pass
+    if needed:
+        return needed, None
+    spent = {"fine_tunes": 0, "epochs": 0, "seconds": 0.0}
+    for entry in trace:
+        for r in seed_results([Unit(method, entry["params"], s, round_) for s in seeds], done):
+            spent["fine_tunes"] += 1
+            spent["epochs"] += r["epochs"]
+            spent["seconds"] += r["seconds"]
+    final = run_cost(best["results"])
+    selection = {"configs": len(trace), **{k: round(spent[k] - v, 3) for k, v in final.items()}}
     defaults = {k: v for k, v in options(key).items() if k in KNOB_GRIDS.get(key, {}) and k not in best["params"]}
-    return Tuned({**best["params"], **defaults}, chosen_runs, trace, selection)
+    return [], Tuned({**best["params"], **defaults}, best["results"], trace, selection)
+
+
+def run_cost(results: Sequence[dict]) -> dict[str, float]:
+    """``{"fine_tunes", "epochs", "seconds"}`` of one configuration's unit results."""
+    return {
+        "fine_tunes": len(results),
+        "epochs": sum(r["epochs"] for r in results),
+        "seconds": round(sum(r["seconds"] for r in results), 3),
+    }
 
 
 def describe(params: Mapping[str, object]) -> str:

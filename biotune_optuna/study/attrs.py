@@ -20,10 +20,17 @@ SAMPLER = "sampler"
 #: basis it was computed for and a version (``report.stored``). ``report`` shows these instead
 #: of retraining.
 FINAL_RESULT_PREFIX = "final:"
+#: Study user attribute: the round of the final protocol's work units (``report --recompute``
+#: starts a new round; units of older rounds are not read). Absent: round 0.
+FINAL_ROUND = "final_round"
 #: Study system attribute: generations already published as dashboard pages.
 DASHBOARD_GENERATIONS = "biotune:dashboard_generations"
 
 # ---------------------------------------------------------------- trial system attributes
+#: Trial user attributes of a final-protocol work unit (``report.units``): the unit (method,
+#: parameters, seed, round) and, once done, its result.
+FINAL_UNIT = "final_unit"
+FINAL_UNIT_RESULT = "final_result"
 #: The slot record (:class:`SlotRecord`) of a trial: ONE attribute, written by the sampler.
 SLOT = "biotune:slot"
 #: Set on a FAIL trial whose evaluation raised (told by its worker), as opposed to one that was
