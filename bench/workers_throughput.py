@@ -3,7 +3,8 @@
 Each worker runs ``study.optimize`` with a trivial objective (no training) over the BioTune
 genome params, so what is measured is sampler + storage work per trial. BioTuneSampler is
 measured next to RandomSampler and NSGAIISampler in the same run, on the same server, with
-the same number of trials; the figure to read is the ratio.
+the same number of trials; the figure to read is the ratio. The clock starts once every worker
+has imported, connected and loaded the study (process start-up is not coordination).
 
     .venv/bin/python bench/workers_throughput.py --workers 4 --trials 120
 """
@@ -38,10 +39,12 @@ def make_sampler(kind: str, trials: int, seed: int):
     return optuna.samplers.NSGAIISampler(population_size=10, seed=seed)
 
 
-def work(url: str, name: str, kind: str, trials: int, per_worker: int, seed: int) -> None:
+def work(url: str, name: str, kind: str, trials: int, per_worker: int, seed: int, ready, go) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(url, skip_table_creation=True, engine_kwargs={"pool_pre_ping": True})
     study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(kind, trials, seed))
+    ready.release()
+    go.wait()
     study.optimize(objective, n_trials=per_worker)
 
 
@@ -51,10 +54,14 @@ def measure(url: str, kind: str, workers: int, trials: int) -> float:
     optuna.create_study(study_name=name, storage=storage, direction="maximize")
     per_worker = trials // workers
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=work, args=(url, name, kind, trials, per_worker, i)) for i in range(workers)]
-    start = time.perf_counter()
+    ready, go = ctx.Semaphore(0), ctx.Event()
+    procs = [ctx.Process(target=work, args=(url, name, kind, trials, per_worker, i, ready, go)) for i in range(workers)]
     for p in procs:
         p.start()
+    for _ in procs:  # every worker has imported, connected and loaded the study: start the clock
+        ready.acquire()
+    start = time.perf_counter()
+    go.set()
     for p in procs:
         p.join()
     seconds = time.perf_counter() - start

@@ -149,12 +149,12 @@ def test_eight_workers_evaluate_every_seed_unit_exactly_once_with_one_worker_gen
     assert sorted(line.split(": ")[-1] for line in redraws) == [f"{n} generation(s) closed" for n in (1, 2, 3)], redraws
 
 
-def running_trial_of(url: str, name: str, generation: int | None = None):
+def running_trial_of(url: str, name: str, generation: int | None = None, slot: int | None = None):
     study = optuna.load_study(study_name=name, storage=url)
     for t in study.get_trials(deepcopy=False, states=(RUNNING,)):
         rec = t.system_attrs.get(SLOT_ATTR, {})
         if rec.get("state") == "claimed" and "worker_pid" in t.user_attrs:
-            if generation is None or rec["generation"] == generation:
+            if (generation is None or rec["generation"] == generation) and (slot is None or rec["slot"] == slot):
                 return t
     return None
 
@@ -201,7 +201,7 @@ def test_trial_reaped_while_its_worker_runs_does_not_crash_the_worker(pg_url, wr
     create(pg_url, "reaped", config)
     env = {"TOY_REPORT": "1"} if writes else {}
     worker = start_worker(pg_url, "reaped", TOY_SLOW_SLOT="0,0", TOY_SLOW_DELAY="4", TOY_DELAY="0.05", TOY_GRACE="60", **env)
-    trial = wait_until(lambda: running_trial_of(pg_url, "reaped"))
+    trial = wait_until(lambda: running_trial_of(pg_url, "reaped", generation=0, slot=0))  # the slow one (4 s)
     # What the stale-trial reaper or the dashboard does to a trial it believes dead:
     storage = optuna.storages.RDBStorage(pg_url, skip_table_creation=True)
     storage.set_trial_state_values(trial._trial_id, FAIL)

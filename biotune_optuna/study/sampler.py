@@ -11,7 +11,10 @@ How a trial gets its genome (DESIGN.md, "Sampler" contracts):
    take longest (:func:`longest_first`; ties: the lowest slot), writing the whole
    proposal (generation, slot, role, parents, genome, fold) into the same attribute.
 3. If every slot of the open generation is held, it waits with backoff (and says so) until
-   the generation closes; it never evaluates a slot twice. A slot whose trial FAILED is free
+   the generation closes; it never evaluates a slot twice. Waiting on an earlier trial's claim
+   polls fast (:data:`CLAIM_POLL`: claims take milliseconds); waiting on a generation backs off
+   to a tenth of the typical trial's duration, at most ``max_poll_interval``
+   (:func:`generation_wait_cap`). A slot whose trial FAILED is free
    again, up to ``max_retries`` times when the evaluation raised and ``max_interruptions``
    times when its worker was stopped or died; then it counts with the worst fitness (and a
    warning).
@@ -34,6 +37,7 @@ and workers look before they ask, so only the loser of a race for the very last 
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
 import time
 import weakref
@@ -56,6 +60,9 @@ from biotune_optuna.study.retry import Backoff
 from biotune_optuna.study.tally import Ledger
 
 _logger = logging.getLogger(__name__)
+
+#: (first, longest) pause in seconds while an earlier trial claims its slot: claims land in milliseconds.
+CLAIM_POLL = (0.005, 0.05)
 
 #: Why a trial that found the search finished is pruned (its user attribute NOT_AN_EVALUATION).
 NO_SLOT_LEFT = "the BioTune search was already finished when this trial started: no slot, nothing trained"
@@ -98,6 +105,18 @@ def longest_first(free: Sequence[Proposal] | Sequence[Unit]) -> Proposal | Unit:
         return (*(-k for k in work_key(proposal.genome)), proposal.slot, seed)
 
     return min(free, key=key)
+
+
+def generation_wait_cap(trials: Sequence[FrozenTrial], maximum: float, recent: int = 20) -> float:
+    """The longest pause (s) of a trial waiting for the open generation's running trials:
+    a tenth of the median duration of the last ``recent`` COMPLETE trials, at most ``maximum``
+    (and ``maximum`` before any trial completed). Fine-tunes of minutes keep a waiting trial at
+    ``maximum`` (quiet on the database); trials of milliseconds (a cheap objective) are not left
+    sleeping through many generations' worth of work."""
+    done = [t.duration.total_seconds() for t in trials[::-1] if t.state == TrialState.COMPLETE and t.duration is not None][:recent]
+    if not done:
+        return maximum
+    return min(maximum, 0.1 * statistics.median(done))
 
 
 def slot_record(trial: optuna.trial.BaseTrial | FrozenTrial) -> SlotRecord | None:
@@ -328,15 +347,22 @@ class BioTuneSampler(BaseSampler):
         # No record yet reads as "waiting since the trial started" (see _blocks_later_trials): the
         # record is first written when a wait outlasts claim_timeout / 4, which saves a round trip.
         trial_id = _optuna.trial_id(trial)
-        pause, refreshed, told = Backoff(self.poll_interval, self.max_poll_interval, 1.5), time.time(), 0.0
+        refreshed, told, beaten = time.time(), 0.0, 0.0
+        # Two waits, two paces: an earlier trial's claim lands within milliseconds, so that wait
+        # polls fast (CLAIM_POLL); a generation with nothing free waits for its running trials,
+        # so that one backs off to generation_wait_cap (max_poll_interval for fine-tunes of
+        # minutes: quiet on the database).
+        claiming = Backoff(*CLAIM_POLL, 1.5)
+        pause = Backoff(self.poll_interval, self.max_poll_interval, 1.5)
         while True:
             now = time.time()
             trials = _optuna.all_trials(study)
             with self._lock:  # trials before the oldest unfinished one cannot block
                 ledger = self._ledgers.get(self._key(study))
                 start = ledger.upto if ledger is not None else 0
-            earlier_waiting = any(self._blocks_later_trials(t, now) for t in trials[start : trial.number])
-            if not earlier_waiting:
+            wait, cap = claiming, self.claim_timeout / 4
+            if not any(self._blocks_later_trials(t, now) for t in trials[start : trial.number]):
+                claiming.reset()
                 with self._lock:
                     state, taken, _ = self._tally(study, trials, exclude=trial_id)
                 if state.finished:
@@ -358,11 +384,14 @@ class BioTuneSampler(BaseSampler):
                         state.generation,
                     )
                     told = now
+                wait, cap = pause, min(cap, generation_wait_cap(trials, self.max_poll_interval))
             if now - refreshed > self.claim_timeout / 4:
                 _optuna.set_system_attr(study, trial_id, attrs.SLOT, SlotRecord("waiting", at=now).to_attr())
                 refreshed = now
-            _optuna.record_heartbeat(study, trial_id)  # Optuna's heartbeat thread starts only after ask()
-            pause.sleep(cap=self.claim_timeout / 4)
+            if now - beaten >= 1.0:  # Optuna's heartbeat thread starts only after ask()
+                _optuna.record_heartbeat(study, trial_id)
+                beaten = now
+            wait.sleep(cap=cap)
 
     def _record(self, study: optuna.Study, trial_id: int, record: SlotRecord) -> None:
         _optuna.set_system_attr(study, trial_id, attrs.SLOT, record.to_attr())
