@@ -120,6 +120,12 @@ def test_workers_do_the_final_protocol_and_report_retrains_nothing(pg_url, tmp_p
     assert len(keys) == len(set(keys)) == 2 + 3 * 2  # BioTune × 2 seeds, linear probing × 3 rates × 2 seeds
     assert {k[0] for k in keys} == {"biotune", "baseline:linear"}
 
+    status = subprocess.run([*CLI, "status", *where], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert status.returncode == 0, status.stderr
+    row = next(line for line in status.stdout.splitlines() if "final protocol" in line)
+    assert "units (configuration × seed): 8 complete" in row and "pruned" not in row, status.stdout
+    assert sorted(row.split("rows decided: ")[1].strip(" │").split(", ")) == ["baseline:linear", "biotune"], row
+
     shown = subprocess.run([*CLI, "report", *where, "--device", "cpu"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert shown.returncode == 0, shown.stderr
     assert shown.stderr.count("stored result") == 2 and "final ·" not in shown.stderr and "tune ·" not in shown.stderr

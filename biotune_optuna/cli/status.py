@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from biotune_optuna.cli.common import open_study
+from biotune_optuna.report.stored import stored_keys
+from biotune_optuna.report.units import Unit, current_round, existing_final_study
 from biotune_optuna.search import accuracy_of, decode
 from biotune_optuna.search.capacity import capacity_text
 from biotune_optuna.study import attrs
@@ -72,12 +74,21 @@ def run(args: argparse.Namespace) -> int:
             why = {"failed": "the evaluation raised", "interrupted": "the worker was stopped or died"}
             table.add_row("attempts redone", ", ".join(f"{fails[k]} {k} ({why[k]})" for k in why if fails[k]))
     table.add_row("trials", _counts(_outcome(t) for t, _ in records) or "none yet")
+    final = existing_final_study(study)
+    final_trials = final.get_trials(deepcopy=False) if final is not None else []
+    round_ = current_round(study)
+    in_round = [t for t in final_trials if (u := Unit.from_attr(t.user_attrs.get(attrs.FINAL_UNIT))) is not None and u.round == round_]
+    if in_round or stored_keys(study):
+        rows = ", ".join(stored_keys(study)) or "none yet"
+        # A PRUNED unit is a copy queued twice at the same moment and dropped by whoever took it.
+        units_text = _counts(_outcome(t) for t in in_round).replace(" pruned", " extra copies dropped") or "none queued"
+        table.add_row("final protocol", f"units (configuration × seed): {units_text}; rows decided: {rows}")
     if config.pruner != "none":
         table.add_row("pruner", config.pruner)
     recent = datetime.now() - timedelta(minutes=10)
     alive = {
         t.user_attrs.get(attrs.WORKER)
-        for t in trials
+        for t in [*trials, *final_trials]
         if t.user_attrs.get(attrs.WORKER) and (t.state == _STATES.RUNNING or (t.datetime_complete and t.datetime_complete > recent))
     }
     table.add_row("workers seen (last 10 min)", str(len(alive)))

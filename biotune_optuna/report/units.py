@@ -109,6 +109,14 @@ def final_study(study: optuna.Study) -> optuna.Study:
     )
 
 
+def existing_final_study(study: optuna.Study) -> optuna.Study | None:
+    """The companion study if some process made it, else None (creates nothing)."""
+    try:
+        return optuna.load_study(study_name=study.study_name + FINAL_SUFFIX, storage=_optuna.storage_of(study))
+    except KeyError:
+        return None
+
+
 def current_round(study: optuna.Study) -> int:
     """The search study's final-protocol round (0 until a ``--recompute``)."""
     return int(study.user_attrs.get(attrs.FINAL_ROUND, 0))
