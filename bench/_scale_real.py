@@ -1,8 +1,9 @@
 """Real runs for ``bench/scale_out.py``: worker processes on PostgreSQL with a sleep objective.
 
 BioTune: N processes of the real worker (:func:`biotune_optuna.worker.run_worker`, the real
-BioTuneSampler and its claims) on a paper-sized search with G = 2 (36 evaluations, 3 seeds);
-each trial sleeps the simulation's duration for its genome. Each process times, in itself, its
+BioTuneSampler and its claims) on a paper-sized search with G = 2 (36 evaluations, 3 seeds),
+in (slot, seed) work units (``--real-unit seed``, the default) or whole trials; each trial
+sleeps the simulation's duration for its genome and seed(s). Each process times, in itself, its
 loop's steps, the sampler's ``before_trial`` (and whether it had to wait) and the sleep, so the
 latencies that the simulation needs are measured in this very run; then the simulation of the
 same run (those latencies, the measured worker start times) is set beside the real wall time.
@@ -51,9 +52,9 @@ def _instrument(rec: dict) -> None:
         rec["claims"].append((t0, time.time(), passes[0]))
 
     def timed_step(self):  # noqa: ANN001
-        t0, ran = time.time(), self.ran
+        t0, ran = time.time(), self.summary.evaluated
         out = step(self)
-        rec["steps"].append((t0, time.time(), self.ran > ran))
+        rec["steps"].append((t0, time.time(), self.summary.evaluated > ran))
         return out
 
     def timed_publish(*a, **kw):  # noqa: ANN002, ANN003 - the worker imports it at each call
@@ -68,6 +69,9 @@ def _instrument(rec: dict) -> None:
 
 
 def _sleep_objective(rec: dict, unit_seconds: float, n_seeds: int, with_slot: bool):
+    """Sleeps what the simulation says the trial's work takes: a BioTune trial its slot's seed
+    (one seed with seed work units, every seed with whole trials); a RandomSampler trial every
+    seed of its genome."""
     from biotune_optuna.search import Proposal
     from biotune_optuna.search.genome import param_names
     from biotune_optuna.study.sampler import slot_record
@@ -78,7 +82,8 @@ def _sleep_objective(rec: dict, unit_seconds: float, n_seeds: int, with_slot: bo
         genome = tuple(trial.suggest_float(n, 0.0, 1.0) for n in param_names(BLOCKS))
         if with_slot:
             r = slot_record(trial)  # as the real objective does (it needs the fold)
-            busy = sum(seconds(Proposal(r.generation, r.slot, r.role, genome), i) for i in range(n_seeds))
+            which = range(n_seeds) if r.seed is None else (r.seed,)
+            busy = sum(seconds(Proposal(r.generation, r.slot, r.role, genome), i) for i in which)
         else:
             busy = n_seeds * unit_cost(genome, SHARES[REAL.model]) * unit_seconds
         t0 = time.time()
@@ -118,7 +123,7 @@ def _random_child(url: str, name: str, unit_seconds: float, budget: int, log: st
         Path(log).write_text(json.dumps(rec))
 
 
-def _create(url: str, kind: str, name: str) -> None:
+def _create(url: str, kind: str, name: str, work_unit: str = "seed") -> None:
     if kind == "random":
         optuna.create_study(study_name=name, storage=url, direction="maximize")
         return
@@ -133,13 +138,14 @@ def _create(url: str, kind: str, name: str) -> None:
         model="resnet50", dataset=spec, blocks=BLOCKS, classes=tuple(splits.classes),
         dataset_fingerprint=splits.fingerprint, dataset_files=splits.files, seeds=(684, 559, 629),
         population_size=REAL.population, n_elites=REAL.elites, n_generations=REAL.generations, sampler_seed=0,
+        work_unit=work_unit,
     )
     create_or_resume(open_storage(url, create_tables=True), name, config)
 
 
-def _run(url: str, kind: str, n: int, unit_seconds: float, folder: Path) -> list[dict]:
+def _run(url: str, kind: str, n: int, unit_seconds: float, folder: Path, work_unit: str = "seed") -> list[dict]:
     name = f"scale-{kind}-{n}-{uuid.uuid4().hex[:6]}"
-    _create(url, kind, name)
+    _create(url, kind, name, work_unit)
     budget = REAL.population + REAL.generations * (REAL.population + REAL.elites)
     ctx = mp.get_context("spawn")
     logs = [str(folder / f"{name}-{i}.json") for i in range(n)]
@@ -157,15 +163,14 @@ def _run(url: str, kind: str, n: int, unit_seconds: float, folder: Path) -> list
 def _biotune_figures(recs: list[dict]) -> tuple[float, float, float, Timing, list[float], list[float]]:
     """(start, end, work, measured Timing, worker start offsets, every before_trial duration).
 
-    A worker starts when its first poll has imported and run the dashboard publisher (a
-    one-off cost); ``publish_s`` is the median time of the publishes that wrote pages (one per
-    closed generation, paid by the first worker that sees it closed); ``poll_s`` excludes it.
+    A worker starts at its first poll; ``publish_s`` is the median time of the publishes that
+    wrote pages (one per closed generation, paid by the worker whose trial closed it; the first
+    one also imports the plotting libraries); ``poll_s`` excludes them.
     """
     polls, claims, tells, firsts, ends, work, waits, published = [], [], [], [], [], 0.0, [], []
     for rec in recs:
-        first = min(s[0] for s in rec["steps"])
         pubs = rec["publishes"]
-        firsts.append(min((p[1] for p in pubs), default=first))
+        firsts.append(min(s[0] for s in rec["steps"]))
         published += [p[1] - p[0] for p in pubs if p[2] and p[0] > firsts[-1]]
         for c in rec["claims"]:
             waits.append(c[1] - c[0])
@@ -205,11 +210,11 @@ def real_lines(args) -> tuple[list[str], list[Timing]]:  # noqa: ANN001 - scale_
                 start = min(r["ready"] for r in recs)
                 r_wall = max(e for r in recs for e in r["ends"]) - start
                 r_util = sum(s[2] for r in recs for s in r["sleeps"]) / (n * r_wall)
-                recs = _run(url, "biotune", n, args.unit_seconds, Path(tmp))
+                recs = _run(url, "biotune", n, args.unit_seconds, Path(tmp), args.real_unit)
                 start, end, work, measured, offsets, waits = _biotune_figures(recs)
-                sim = simulate(REAL, n, False, "longest", measured, 0, starts=offsets, ft_seconds=args.unit_seconds)
+                sim = simulate(REAL, n, args.real_unit == "seed", "longest", measured, 0, starts=offsets, ft_seconds=args.unit_seconds)
                 waits.sort()
-                out.append(line(real="biotune", workers=n, wall_s=end - start, utilisation=work / (n * (end - start)),
+                out.append(line(real="biotune", unit=args.real_unit, workers=n, wall_s=end - start, utilisation=work / (n * (end - start)),
                                 sim_wall_s=sim.end, real_vs_sim=(end - start) / sim.end, random_wall_s=r_wall,
                                 random_utilisation=r_util, poll_s=measured.poll_s, claim_s=measured.claim_s,
                                 tell_s=measured.tell_s, publish_s=measured.publish_s,

@@ -6,12 +6,14 @@ Simulation (virtual clock, no sleeping), for N = 1, 4, 8, 16, 32, 64, 256 worker
   generation's proposals from the results of the closed ones, ``work_key`` orders them
   longest first as the sampler does — and a replica of how workers claim today: the worker
   loop polls with its Backoff (0.5 s → 10 s), creates a trial when a slot looks free, and the
-  trial's ``before_trial`` waits until every lower-numbered trial has claimed (FIFO), then
-  claims; ``poll_s``, ``claim_s`` (time in ``before_trial``) and ``tell_s`` are measured
-  latencies. Work units are (i) whole trials, as today, or (ii) one (trial, seed) each, a
+  trial's ``before_trial`` waits until every lower-numbered trial has claimed (FIFO; polling
+  with the sampler's ``CLAIM_POLL``), or for a generation with nothing free (backing off to a
+  tenth of the median trial), then claims; the worker whose trial closed a generation redraws
+  the dashboard pages; ``poll_s``, ``claim_s`` (time in ``before_trial``), ``tell_s`` and
+  ``publish_s`` are measured latencies. Work units are (i) whole trials, as today, or (ii) one (trial, seed) each, a
   trial's value known once all its seeds are in; each taken in slot order or longest first.
-* the final protocol (spec §8): methods × seeds independent retrainings, listed order or
-  longest first, claims one at a time.
+* the final protocol (spec §8): its (configuration, seed) units (``report/units.py``),
+  listed order or longest first, claims one at a time.
 
 A unit's duration: one seed of one genome takes ``floor + (1 − floor) · s`` full fine-tunes,
 ``s`` = the share of the forward FLOPs from the genome's first fine-tuned block to the output
@@ -42,6 +44,7 @@ from biotune_optuna.search import GAConfig, Proposal, fitness_of, search_state
 from biotune_optuna.search.capacity import backprop_span, work_key
 from biotune_optuna.search.operators import random_genome, slot_rng
 from biotune_optuna.study.retry import Backoff
+from biotune_optuna.study.sampler import CLAIM_POLL
 
 WORKERS = (1, 4, 8, 16, 32, 64, 256)
 FLOOR = 0.28
@@ -94,9 +97,12 @@ class Timing:
     claim_s: one pass of ``before_trial`` (read, then the claim's writes); serialised: a trial
         claims only after every lower-numbered one has.
     tell_s: the rest of a trial outside the objective's work (suggests, attributes, tell).
-    publish_s: drawing the dashboard pages of a closed generation (worker.py ``publish_quietly``):
-        the first worker whose loop sees the generation closed draws them, and so does every
-        worker that sees it before they are written.
+    publish_s: drawing the dashboard pages of a closed generation (worker.py ``publish_quietly``),
+        paid by the worker whose trial closed it, before its next poll (``_Loop._redraw_if_due``).
+
+    A trial waiting in ``before_trial`` for an earlier trial's claim polls with ``claiming``; one
+    waiting for a generation with nothing free polls with ``wait``, capped at a tenth of the
+    median duration of the trials finished so far (the sampler's ``generation_wait_cap``).
     """
 
     poll_s: float = 0.25
@@ -104,15 +110,17 @@ class Timing:
     tell_s: float = 0.25
     publish_s: float = 2.0
     idle: tuple[float, float, float] = (0.5, 10.0, 1.5)  # worker.py _Loop: no slot free
-    wait: tuple[float, float, float] = (0.2, 10.0, 1.5)  # sampler: waiting inside before_trial
+    wait: tuple[float, float, float] = (0.2, 10.0, 1.5)  # sampler: before_trial, nothing free in the generation
+    claiming: tuple[float, float, float] = (*CLAIM_POLL, 1.5)  # sampler: before_trial, an earlier trial claims
 
 
 class _Poller:
     """Decision instants of a loop that polls with the project's Backoff: after a miss at ``r``
     it sleeps the next pause, then pays ``cost`` before it decides again."""
 
-    def __init__(self, backoff: tuple[float, float, float], cost: float, r: float) -> None:
-        self.backoff, self.cost, self.r, self.cap = Backoff(*backoff), cost, r, backoff[1]
+    def __init__(self, backoff: tuple[float, float, float], cost: float, r: float, cap: float | None = None) -> None:
+        self.backoff, self.cost, self.r = Backoff(*backoff), cost, r
+        self.cap = backoff[1] if cap is None else min(backoff[1], cap)
         self.capped = 0
 
     def next_at_or_after(self, t: float) -> float:
@@ -126,7 +134,7 @@ class _Poller:
         return self.r
 
     def _pause(self) -> float:
-        pause = self.backoff.next()
+        pause = min(self.backoff.next(), self.cap)
         self.capped = self.capped + 1 if pause == self.cap else 0
         return pause + self.cost
 
@@ -157,12 +165,11 @@ class Search:
         self.fifo: list[int] = []  # trials created and not yet claimed (or given up), by number
         self.idle: dict[int, _Poller] = {}  # worker → its loop's poller, while no slot looked free
         self.blocked: dict[int, tuple[int, _Poller]] = {}  # trial → (worker, poller) inside before_trial
+        self.durations: list[float] = []  # of finished trials (the generation wait's cap)
         self.heap: list = []
         self.seq = self.trials = 0
         self.work = self.end = 0.0
         self.n_workers = len(starts)
-        self.seen = [0] * self.n_workers  # closed generations each worker's loop has seen
-        self.published_at: float | None = None  # when the pages of the last closed generation are written
         for w, start in enumerate(starts):
             self._at(start + timing.poll_s, self._poll, w)
 
@@ -182,12 +189,6 @@ class Search:
                 for i in seeds if (p.generation, p.slot, i) not in self.held and (p.generation, p.slot, i) not in self.parts]
 
     def _poll(self, now: float, w: int) -> None:  # worker loop: a slot free? then a new trial
-        if self.seen[w] < len(self.state.populations):  # a generation closed since its last poll
-            self.seen[w] = len(self.state.populations)
-            if self.published_at is None or now < self.published_at:  # nobody has drawn its pages yet
-                self.published_at = self.published_at or now + self.t.publish_s
-                self._at(now + self.t.publish_s, self._poll, w)
-                return
         if not self._free():
             poller = self.idle.get(w) or _Poller(self.t.idle, self.t.poll_s, now)
             poller.r, self.idle[w] = now, poller
@@ -195,12 +196,16 @@ class Search:
         self.idle.pop(w, None)  # the loop's backoff starts over
         self.trials += 1
         self.fifo.append(self.trials)
-        self._before_trial(now, w, self.trials, _Poller(self.t.wait, self.t.claim_s, now))
+        self._before_trial(now, w, self.trials)
 
-    def _before_trial(self, now: float, w: int, k: int, poller: _Poller) -> None:
-        free = self._free() if self.fifo[0] == k else None
-        if not free:  # an earlier trial has not claimed yet, or no slot is free
-            poller.r, self.blocked[k] = now, (w, poller)
+    def _before_trial(self, now: float, w: int, k: int) -> None:
+        if self.fifo[0] != k:  # an earlier trial has not claimed yet
+            self.blocked[k] = (w, _Poller(self.t.claiming, self.t.claim_s, now))
+            return
+        free = self._free()
+        if not free:  # nothing free until the generation's running trials finish
+            cap = 0.1 * statistics.median(self.durations) if self.durations else None
+            self.blocked[k] = (w, _Poller(self.t.wait, self.t.claim_s, now, cap))
             return
         unit, proposal = min(free, key=lambda up: self.key(*up))  # later trials wait for this claim
         self._at(now + self.t.claim_s, self._claimed, w, k, unit, proposal)
@@ -211,6 +216,7 @@ class Search:
         seeds = range(self.n_seeds) if unit[2] < 0 else (unit[2],)
         busy = sum(self.seconds(proposal, i) for i in seeds)
         self.work += busy
+        self.durations.append(busy + self.t.claim_s + self.t.tell_s)
         self._at(now + busy + self.t.tell_s, self._done, w, unit, proposal)
         self._wake_head(now)
 
@@ -224,18 +230,19 @@ class Search:
             g = key[0]  # batched: proposals change only when the whole generation is in
             if all((g, s) in self.results for s in range(self.ga.n_slots(g))):
                 self.state = search_state(self.ga, self.results, self.cache)
-                self.published_at = None
                 for v, poller in list(self.idle.items()):
                     self._at(poller.next_at_or_after(now), self._poll, v)
                 self.idle.clear()
                 self._wake_head(now)
+                self._at(now + self.t.poll_s + self.t.publish_s, self._poll, w)  # this worker redraws the pages
+                return
         self._at(now + self.t.poll_s, self._poll, w)
 
     def _wake_head(self, now: float) -> None:
         if self.fifo and self.fifo[0] in self.blocked:
             k = self.fifo[0]
             w, poller = self.blocked.pop(k)
-            self._at(poller.next_at_or_after(now), self._before_trial, w, k, poller)
+            self._at(poller.next_at_or_after(now), self._before_trial, w, k)
 
     @property
     def utilisation(self) -> float:
@@ -257,13 +264,17 @@ def final_protocol(durations: Sequence[float], n_workers: int, order: str, claim
 
 
 def final_units(setting: Setting, best: Sequence[float], shares: Sequence[float], methods: str) -> list[float]:
-    """Seconds of each (method, seed) retraining: BioTune's best genome; ``methods="default"``
-    adds full fine-tuning and linear probing (the default ``baselines``), ``"all"`` every
-    baseline (all but linear probing back-propagate to the input: cost 1) and four other
-    samplers' bests (random genomes: what their best is cannot be known here)."""
-    costs = [unit_cost(best, shares), 1.0, FLOOR]
-    if methods == "all":
-        costs += [1.0] * 6 + [unit_cost(random_genome(slot_rng(7, 1000, i, "random"), len(shares)), shares) for i in range(4)]
+    """Seconds of each (configuration, seed) unit of the final protocol: BioTune's best genome;
+    ``methods="default"`` adds full fine-tuning and linear probing (the default ``baselines``)
+    with their default sweeps of 3 learning rates each (``report.tuning``); ``"all"`` instead
+    every baseline untuned (``--no-tune``: all but linear probing back-propagate to the input,
+    cost 1) and four other samplers' bests (random genomes: what their best is cannot be known
+    here)."""
+    costs = [unit_cost(best, shares)]
+    if methods == "default":
+        costs += [1.0] * 3 + [FLOOR] * 3
+    else:
+        costs += [1.0, FLOOR] + [1.0] * 6 + [unit_cost(random_genome(slot_rng(7, 1000, i, "random"), len(shares)), shares) for i in range(4)]
     return [c * setting.ft_seconds * setting.n_folds for c in costs for _ in range(setting.seeds)]
 
 
@@ -326,6 +337,7 @@ def main() -> None:
     ap.add_argument("--spread", type=float, default=0.0, help="per-seed duration factor uniform in [1-S, 1+S]")
     ap.add_argument("--real-workers", default="2,4,8")
     ap.add_argument("--unit-seconds", type=float, default=1.0, help="real runs: sleep of one full fine-tune of one seed")
+    ap.add_argument("--real-unit", choices=("seed", "trial"), default="seed", help="real runs: the study's work unit")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--user", default="postgres")
     args = ap.parse_args()

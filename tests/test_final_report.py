@@ -155,11 +155,14 @@ def test_results_are_kept_in_the_study_reused_and_resumed_per_unit(tiny, tmp_pat
     assert [r.to_dict()["test_accuracies"] for r in rows2] == [r.test_accuracies for r in rows]
     trained.clear()
     tuned = TuneSpec(lrs=(1e-3, 1e-2))  # another sweep: its new candidate is trained, the others not
-    final_report(again, config, splits, "cpu", lambda *a: trained.append(a[0]), ["linear"], tuning=tuned)
-    assert trained == ["Linear probing"]  # lr 1e-3 with this seed is the unit NO_TUNING trained
-    trained.clear()
-    final_report(again, config, splits, "cpu", lambda *a: trained.append(a[0]), ["linear"], tuning=tuned, recompute=True)
-    assert trained == ["BioTune", "Linear probing", "Linear probing"]
+    lines = []
+    final_report(again, config, splits, "cpu", lambda *a: trained.append(a[0]), ["linear"], tuning=tuned, on_event=lines.append)
+    swept = [line for line in lines if line.startswith("tune ·")]
+    assert trained == [] and len(swept) == 1 and "lr 0.01" in swept[0]  # lr 1e-3 with this seed: the unit NO_TUNING trained
+    lines.clear()
+    final_report(again, config, splits, "cpu", lambda *a: trained.append(a[0]), ["linear"], tuning=tuned, recompute=True,
+                 on_event=lines.append)
+    assert trained == ["BioTune"] and len([line for line in lines if line.startswith("tune ·")]) == 2
     assert again.user_attrs[attrs.FINAL_ROUND] == 1
 
 

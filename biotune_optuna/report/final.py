@@ -196,13 +196,14 @@ def final_report(
         splits: the dataset, or a function returning it (called only if a unit must be
             trained here: a report whose rows or units are all stored loads no data).
         on_seed: called as ``on_seed(method, seed, best validation accuracy)`` after each unit
-            this process trained.
+            this process trained, but a tuned baseline's candidates (those go to ``on_event``).
         tuning: the baselines' sweep (default :class:`~biotune_optuna.report.tuning.TuneSpec`;
             ``tuning.NO_TUNING`` for the paper's fixed learning rate).
         recompute: retrain every method even when the study holds its result (a new round of
             units: :func:`~biotune_optuna.report.units.new_round`).
         store: keep each row in the study once decided (:mod:`.stored`).
-        on_event: called with one log line per stored row reused and per tuning candidate trained.
+        on_event: called with one log line per stored row reused and per sweep candidate × seed
+            trained (``tune · …``).
 
     Returns:
         One row per method: BioTune, the samplers (in the order given), the baselines.
@@ -234,9 +235,9 @@ def final_report(
         labels, cache = {m.key: m.label for m in todo}, FeatureCache()
 
         def on_done(unit: Unit, result: dict) -> None:
-            if unit.method.startswith("baseline:"):
+            if unit.method.startswith("baseline:") and spec.enabled:  # a sweep's candidate
                 say(f"tune · {labels[unit.method]} · {describe(unit.params)} · seed {unit.seed} · val {result['val_accuracy']:.4f}")
-            if on_seed is not None:
+            elif on_seed is not None:
                 on_seed(labels[unit.method], unit.seed, result["val_accuracy"])
 
         done = units.work(

@@ -234,7 +234,8 @@ def work(
         pause.reset()
         trial_id, number, unit = claimed
         now = read(final)
-        if unit.ident in now.done or now.running.get(unit.ident, number) < number:  # an extra copy: drop it
+        stale = unit.round < min(u.round for u in needed)  # queued before a --recompute
+        if stale or unit.ident in now.done or now.running.get(unit.ident, number) < number:  # an extra copy: drop it
             _optuna.storage_of(final).set_trial_state_values(trial_id, TrialState.PRUNED)
             continue
         _run_one(final, trial_id, unit, run, on_done)
