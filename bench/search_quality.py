@@ -13,7 +13,7 @@ Profiles (``--set KEY=VALUE`` changes any field; the profile is printed first):
   validation), Lite0 at 64 px, ≤ 15 epochs (patience 3), P=6 E=2 G=3 (30 evaluations, each the
   mean of 3 seeds: one genome's test accuracy moved by 6 points between two seeds in the premise
   check), random search and TPE on the same budget, baselines full fine-tuning and linear
-  probing, 3 retraining seeds, 3 replicates: estimated 1–2 h on 2 idle cores.
+  probing, 3 retraining seeds, 3 replicates: ~50 min a replicate on 2 cores (~2.5 h).
 * ``gpu``: the ``cpu`` data with the paper's P=10 E=3, LLRD and L2-SP too, one seed per search
   evaluation (3 would leave room for a single replicate) and 4 worker threads; it times one
   fine-tune first and picks G and the number of replicates to fit ``budget_s`` (~8 minutes),
