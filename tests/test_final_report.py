@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 
 import optuna
 import pytest
@@ -164,6 +165,21 @@ def test_results_are_kept_in_the_study_reused_and_resumed_per_unit(tiny, tmp_pat
                  on_event=lines.append)
     assert trained == ["BioTune"] and len([line for line in lines if line.startswith("tune ·")]) == 2
     assert again.user_attrs[attrs.FINAL_ROUND] == 1
+
+
+def test_threads_of_one_report_share_its_units_exactly_once(tiny, tmp_path):
+    config, splits = tiny
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = searched_study(url, config)
+    events = []
+    rows = final_report(study, config, splits, "cpu", baselines=["linear"], tuning=TuneSpec(lrs=(1e-3, 1e-2)), workers=2,
+                        on_seed=lambda *a: events.append(threading.current_thread().name),
+                        on_event=lambda line: events.append(threading.current_thread().name) if line.startswith("tune ·") else None)
+    assert [r.method for r in rows] == ["BioTune", "Linear probing"] and len(events) == 3
+    assert len(set(events)) == 2 and all(name.startswith("final") for name in events)  # both threads trained
+    done = [t for t in optuna.load_study(study_name="tiny:final", storage=url).trials if t.state == optuna.trial.TrialState.COMPLETE]
+    idents = [json.dumps(t.user_attrs[attrs.FINAL_UNIT], sort_keys=True) for t in done]
+    assert len(idents) == len(set(idents)) == 3
 
 
 def test_every_sampler_best_counts_pruned_evaluations_and_costs_are_counted_alike(tiny):

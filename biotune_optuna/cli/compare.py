@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     # Its own folder: run's and report's report.* next to the study are not replaced (README "Comparing").
     out = report_dir(args, storage_url(args), study.study_name) / "compare"
     title = f"{study.study_name}: {config.model} on {config.dataset.name} — comparison"
-    write_full_report(study, config, splits, args.device, out, baselines, others, tuning=spec, recompute=args.recompute, title=title)
+    write_full_report(study, config, splits, args.device, out, baselines, others, tuning=spec, recompute=args.recompute, title=title,
+                      workers=args.workers)
     return 0
 
 

@@ -172,7 +172,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--study-name", help="study name (default biotune-DATASET-MODEL; for --dataset folder biotune-folder-FOLDERNAME-MODEL)")
     g.add_argument("--out", help="directory for the study database and the report (default biotune-runs/STUDY)")
     g.add_argument("--storage", help="storage URL instead of the embedded SQLite file (e.g. postgresql://...)")
-    g.add_argument("--workers", type=int, default=1, help="local worker threads evaluating trials in parallel")
+    g.add_argument("--workers", type=int, default=1, help="local worker threads evaluating trials, then the final protocol's units, in parallel")
     _device_option(g)
     _feature_cache_option(g)
     g.add_argument("--no-report", action="store_true", help="stop after the search")
@@ -237,7 +237,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     _storage_options(compare)
     compare.add_argument("--baselines", default="all", help=f"comma-separated from {', '.join(BASELINE_LABELS)}, or all, or empty")
     compare.add_argument("--samplers", default="", help=f"comma-separated from {', '.join(SAMPLER_LABELS)}, or all; each costs a whole search")
-    compare.add_argument("--workers", type=int, default=1, help="local worker threads for the sampler searches")
+    compare.add_argument("--workers", type=int, default=1, help="local worker threads for the sampler searches and the final protocol's units")
     compare.add_argument(
         "--replicates", type=int, metavar="R",
         help="repeat the whole pipeline R times (data draw, folds, sampler seed, searches, final protocol; replicate r "

@@ -75,6 +75,7 @@ def write_full_report(
     tuning: TuneSpec | None = None,
     recompute: bool = False,
     title: str | None = None,
+    workers: int = 1,
 ) -> list[MethodResult]:
     """Run (or read from the study) the final protocol, print the table, write report.json /
     report.md / plots to ``out``. ``splits`` may be a function: it is called only when a method
@@ -86,7 +87,7 @@ def write_full_report(
     console.rule("final evaluation: full training split, every seed, test split")
     rows = final_report(
         study, config, splits, device, on_seed, baselines, sampler_studies,
-        tuning=tuning, recompute=recompute, on_event=console.print,
+        tuning=tuning, recompute=recompute, on_event=console.print, workers=workers,
     )
     title = title or f"{study.study_name}: {config.model} on {config.dataset.name}"
     print_table(rows, title)

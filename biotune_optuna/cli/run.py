@@ -159,5 +159,5 @@ def run(args: argparse.Namespace) -> int:
         best = decode(best_member.genome, config.blocks, config.recipe.base_lr)
         console.print(f"best genome: val {accuracy_of(best_member.fitness):.4f}; fine-tunes {', '.join(f'{b} (lr {lr:.2g})' for b, lr in best.lr_by_block.items())}")
         if not args.no_report:
-            write_full_report(study, config, splits, s["device"], out, tuning=spec)
+            write_full_report(study, config, splits, s["device"], out, tuning=spec, workers=s["workers"])
     return 0

@@ -15,9 +15,10 @@ the study (:mod:`.stored`): a second report shows them without loading data.
 
 from __future__ import annotations
 
-import functools
 import statistics
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 
 import optuna
@@ -182,6 +183,7 @@ def final_report(
     recompute: bool = False,
     store: bool = True,
     on_event: Callable[[str], None] | None = None,
+    workers: int = 1,
 ) -> list[MethodResult]:
     """The final protocol (spec §8) for BioTune's best-ever genome, the best genome of each
     other sampler's study (read as BioTune reads its own: pruned evaluations count with their
@@ -204,6 +206,7 @@ def final_report(
         store: keep each row in the study once decided (:mod:`.stored`).
         on_event: called with one log line per stored row reused and per sweep candidate × seed
             trained (``tune · …``).
+        workers: threads of this process taking units side by side (``run --workers``), ≥ 1.
 
     Returns:
         One row per method: BioTune, the samplers (in the order given), the baselines.
@@ -214,7 +217,7 @@ def final_report(
     """
     spec = TuneSpec() if tuning is None else tuning
     say = on_event or (lambda line: None)
-    data = functools.cache(splits if callable(splits) else (lambda: splits))
+    data = _once(splits if callable(splits) else (lambda: splits))
     genome, _, _ = search_summary(study, config)
     round_ = units.new_round(study) if recompute else units.current_round(study)
     methods = [_search_method("biotune", "BioTune", study, genome, config, round_)]
@@ -240,15 +243,37 @@ def final_report(
             elif on_seed is not None:
                 on_seed(labels[unit.method], unit.seed, result["val_accuracy"])
 
-        done = units.work(
-            units.final_study(study), lambda d: [u for m in todo for u in m.decide(d)[0]],
-            lambda unit: run_unit(unit, config, data(), device, cache), on_done,
-        )
+        final = units.final_study(study)
+
+        def share(_: int = 0) -> dict:
+            return units.work(
+                final, lambda d: [u for m in todo for u in m.decide(d)[0]],
+                lambda unit: run_unit(unit, config, data(), device, cache), on_done,
+            )
+
+        if workers <= 1:
+            done = share()
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="final") as pool:
+                done = list(pool.map(share, range(workers)))[0]
         for m in todo:
             rows[m.key] = m.build(m.decide(done)[1])
             if store:
                 stored.save(study, m.key, m.basis, {k: v for k, v in rows[m.key].to_dict().items() if k != "stored"})
     return [rows[m.key] if m.source is None else _refresh_search_cost(rows[m.key], m.source, config) for m in methods]
+
+
+def _once(load: Callable[[], Splits]) -> Callable[[], Splits]:
+    """``load``, called at most once even from several threads; later calls return its result."""
+    lock, box = threading.Lock(), []
+
+    def get() -> Splits:
+        with lock:
+            if not box:
+                box.append(load())
+            return box[0]
+
+    return get
 
 
 def _refresh_search_cost(row: MethodResult, study: optuna.Study, config: StudyConfig) -> MethodResult:

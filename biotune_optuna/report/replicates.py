@@ -182,7 +182,7 @@ def run_replicate(runner: Runner, plan: ReplicatePlan, base_name: str, config: S
         log(f"{tag} · final · {name} · seed {seed} · val {acc:.4f}")
 
     final = dataclasses.replace(config, seeds=request.final_seeds)
-    rows = final_report(study, final, splits, runner.device, on_seed, request.baselines, others)
+    rows = final_report(study, final, splits, runner.device, on_seed, request.baselines, others, workers=runner.workers)
     best = decode(search_state(study, config).best.genome, config.blocks, config.recipe.base_lr)
     return {
         "replicate": plan.index, "study": plan.study_name, "data_seed": plan.data_seed, "sampler_seed": plan.sampler_seed,
