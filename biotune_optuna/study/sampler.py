@@ -119,6 +119,17 @@ def generation_wait_cap(trials: Sequence[FrozenTrial], maximum: float, recent: i
     return min(maximum, 0.1 * statistics.median(done))
 
 
+def _is_waiting(t: FrozenTrial) -> bool:
+    """True for a trial whose slot record says it waits for the generation (not claiming now)."""
+    rec = SlotRecord.from_attr(t.system_attrs.get(attrs.SLOT))
+    return rec is not None and rec.state == "waiting"
+
+
+def _started(trial: FrozenTrial) -> float:
+    """When ``trial`` started, seconds since the epoch (now if unknown)."""
+    return trial.datetime_start.timestamp() if trial.datetime_start else time.time()
+
+
 def slot_record(trial: optuna.trial.BaseTrial | FrozenTrial) -> SlotRecord | None:
     """The slot record of a trial, or None for a trial BioTuneSampler did not handle (e.g.
     enqueued). A live trial's record is read from storage."""
@@ -344,14 +355,17 @@ class BioTuneSampler(BaseSampler):
             raise
 
     def _wait_and_claim(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        # No record yet reads as "waiting since the trial started" (see _blocks_later_trials): the
-        # record is first written when a wait outlasts claim_timeout / 4, which saves a round trip.
+        # No record yet reads as "claiming since the trial started" (see _blocks_later_trials): the
+        # "waiting" record is first written when the trial waits for the generation, or when its
+        # wait in line outlasts claim_timeout / 4 (a trial that claims at once writes only its claim).
         trial_id = _optuna.trial_id(trial)
-        refreshed, told, beaten = time.time(), 0.0, 0.0
+        refreshed, told, beaten = None, 0.0, 0.0
         # Two waits, two paces: an earlier trial's claim lands within milliseconds, so that wait
         # polls fast (CLAIM_POLL); a generation with nothing free waits for its running trials,
         # so that one backs off to generation_wait_cap (max_poll_interval for fine-tunes of
-        # minutes: quiet on the database).
+        # minutes: quiet on the database). A trial that waits for the generation says so at
+        # once (its "waiting" record), and trials in line behind waiting trials wait at the
+        # generation's pace too: a crowd in line does not poll fast.
         claiming = Backoff(*CLAIM_POLL, 1.5)
         pause = Backoff(self.poll_interval, self.max_poll_interval, 1.5)
         while True:
@@ -361,7 +375,10 @@ class BioTuneSampler(BaseSampler):
                 ledger = self._ledgers.get(self._key(study))
                 start = ledger.upto if ledger is not None else 0
             wait, cap = claiming, self.claim_timeout / 4
-            if not any(self._blocks_later_trials(t, now) for t in trials[start : trial.number]):
+            blockers = [t for t in trials[start : trial.number] if self._blocks_later_trials(t, now)]
+            if blockers and all(_is_waiting(t) for t in blockers):  # in line behind the generation
+                wait, cap = pause, min(cap, generation_wait_cap(trials, self.max_poll_interval))
+            if not blockers:
                 claiming.reset()
                 with self._lock:
                     state, taken, _ = self._tally(study, trials, exclude=trial_id)
@@ -385,7 +402,8 @@ class BioTuneSampler(BaseSampler):
                     )
                     told = now
                 wait, cap = pause, min(cap, generation_wait_cap(trials, self.max_poll_interval))
-            if now - refreshed > self.claim_timeout / 4:
+            since = _started(trial) if refreshed is None else refreshed
+            if (wait is pause and refreshed is None) or now - since > self.claim_timeout / 4:  # say so / stay alive
                 _optuna.set_system_attr(study, trial_id, attrs.SLOT, SlotRecord("waiting", at=now).to_attr())
                 refreshed = now
             if now - beaten >= 1.0:  # Optuna's heartbeat thread starts only after ask()
